@@ -1,0 +1,46 @@
+# Two commands on a fresh clone with nothing but Python:  make demo  /  make test
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+
+.PHONY: demo test lint typecheck pytest bench docs clean
+
+# The venv is rebuilt when pyproject.toml changes; each stamp records one install set.
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.stamp-dev: pyproject.toml | $(BIN)/activate
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+$(VENV)/.stamp-demo: pyproject.toml | $(BIN)/activate
+	$(PY) -m pip install --quiet -e ".[server,fastapi]" httpx uvicorn
+	touch $@
+
+$(VENV)/.stamp-bench: pyproject.toml | $(BIN)/activate
+	$(PY) -m pip install --quiet -e ".[bench]"
+	touch $@
+
+demo: $(VENV)/.stamp-demo
+	$(PY) examples/demo.py
+
+test: $(VENV)/.stamp-dev lint typecheck pytest
+
+lint: $(VENV)/.stamp-dev
+	$(BIN)/ruff check fluxrate_web tests examples bench
+	$(BIN)/ruff format --check fluxrate_web tests examples bench
+
+typecheck: $(VENV)/.stamp-dev
+	$(BIN)/mypy
+
+pytest: $(VENV)/.stamp-dev
+	$(BIN)/pytest
+
+bench: $(VENV)/.stamp-bench
+	$(PY) bench/transports.py
+	$(PY) bench/overhead.py
+
+clean:
+	rm -rf $(VENV) build dist site .mypy_cache .ruff_cache
