@@ -1,0 +1,3 @@
+from fluxrate_web.cli import main
+
+raise SystemExit(main())
