@@ -1,0 +1,34 @@
+"""Shared fixtures: a real devserver over loopback HTTP.
+
+``devserver``: one server per test session (per xdist worker) with the four meters
+api_calls (SUM), peak (MAX), seats (UNIQUE_COUNT) and level (LAST).
+``fluxrate_server``: the same server, reset (no events, customers, counters or faults)
+before the test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from fluxrate_web.devserver import DevServer
+
+DEVSERVER_METERS = {
+    "api_calls": "SUM",
+    "peak": "MAX",
+    "seats": "UNIQUE_COUNT",
+    "level": "LAST",
+}
+
+
+@pytest.fixture(scope="session")
+def devserver() -> Iterator[DevServer]:
+    with DevServer(meters=DEVSERVER_METERS) as server:
+        yield server
+
+
+@pytest.fixture
+def fluxrate_server(devserver: DevServer) -> DevServer:
+    devserver.reset()
+    return devserver
