@@ -341,7 +341,7 @@ class WindowAggregator:
         if metadata:
             if not isinstance(metadata, Mapping):
                 return None
-            if kind == "UNIQUE_COUNT" and metadata.get("user_id") is None:
+            if kind == "UNIQUE_COUNT" and not _valid_user_id(metadata.get("user_id")):
                 return None
             meta = _canonical.encode(metadata)
         elif kind == "UNIQUE_COUNT":
@@ -447,6 +447,12 @@ def _iso(ms: int) -> str:
     """UTC ISO-8601 with milliseconds, as the wire format wants: 2026-11-27T15:14:24.123Z."""
     dt = _EPOCH + timedelta(milliseconds=ms)
     return f"{dt:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+
+
+def _valid_user_id(user_id: object) -> bool:
+    """A non-empty string or an integer: what a UNIQUE_COUNT meter accepts (the rest go singly
+    and are refused one by one, as they would be without aggregation)."""
+    return (type(user_id) is str and user_id != "") or type(user_id) is int
 
 
 def _valid_event(

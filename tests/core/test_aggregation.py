@@ -8,6 +8,7 @@ the aggregates bill exactly what the raw usages bill, period by period.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 from collections import defaultdict
@@ -74,7 +75,7 @@ def billable(
         elif kind == "LAST":
             out[k] = as_decimal(max(items, key=lambda i: i[1])[0])
         else:
-            out[k] = len({str(meta["user_id"]) for _, _, meta in items})
+            out[k] = len({json.dumps(meta["user_id"]) for _, _, meta in items})  # "4" != 4
     return out
 
 
@@ -225,11 +226,15 @@ def test_unique_count_sends_one_event_per_user_and_metadata() -> None:
     assert agg.add(TOKEN, "c", 1, timestamp=t, metadata={"user_id": "u1", "plan": "pro"})
     assert not agg.add(TOKEN, "c", 1, timestamp=t, metadata={"plan": "pro"})  # no user_id
     assert not agg.add(TOKEN, "c", 1, timestamp=t)
-    assert not agg.add(TOKEN, "c", 1, timestamp=t, metadata={"user_id": None})
+    for bad in (None, "", True, 1.5, ["u1"]):
+        assert not agg.add(TOKEN, "c", 1, timestamp=t, metadata={"user_id": bad})
+    assert agg.add(TOKEN, "c", 1, timestamp=t, metadata={"user_id": 7})
+    assert agg.add(TOKEN, "c", 1, timestamp=t, metadata={"user_id": "7"})  # not the same user
     events = agg.drain()
-    assert sorted(str((e.metadata or {}).get("user_id")) for e in events) == ["u1", "u1", "u2"]
+    users = sorted(json.dumps((e.metadata or {}).get("user_id")) for e in events)
+    assert users == ['"7"', '"u1"', '"u1"', '"u2"', "7"]
     assert {e.quantity for e in events} == {1}
-    assert agg.stats.bypassed == 3
+    assert agg.stats.bypassed == 7
 
 
 def test_metadata_splits_aggregates_and_is_copied() -> None:
@@ -535,7 +540,7 @@ def usages_strategy(kind: str) -> st.SearchStrategy[tuple[int, int, list[Usage],
             region = draw(st.sampled_from([None, "eu", "us"]))
             meta: dict[str, Any] | None = None if region is None else {"region": region}
             if kind == "UNIQUE_COUNT":
-                meta = {**(meta or {}), "user_id": draw(st.sampled_from(["u1", "u2", "u3", 4]))}
+                meta = {**(meta or {}), "user_id": draw(st.sampled_from(["u1", "u2", "4", 4]))}
             usages.append(Usage(customer, q, BASE_MS + t, meta))
         # Arrival: a random order, with due() ticks (the worker) at clock times that move on.
         actions = draw(st.permutations(range(n)))
