@@ -339,8 +339,10 @@ class WindowAggregator:
             if ts_ms > _seconds_to_ms(self._clock()) + window_ms:
                 return None  # far future: would sit in memory; send it singly
         if metadata:
-            if not isinstance(metadata, Mapping):
-                return None
+            if type(metadata) is not dict:
+                if not isinstance(metadata, Mapping):
+                    return None
+                metadata = dict(metadata)  # e.g. a UsageEvent's read-only metadata view
             if kind == "UNIQUE_COUNT" and not _valid_user_id(metadata.get("user_id")):
                 return None
             meta = _canonical.encode(metadata)

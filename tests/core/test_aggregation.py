@@ -261,6 +261,26 @@ def test_metadata_splits_aggregates_and_is_copied() -> None:
     )
 
 
+def test_fields_of_a_validated_usage_event_fold() -> None:
+    """The client may validate with UsageEvent.create() first and fold the event's fields."""
+    agg, clock = make("SUM")
+    clock.t += 30
+    for _ in range(3):
+        ev = UsageEvent.create(
+            TOKEN, "c", 0.1, timestamp=iso(BASE_MS + 5), metadata={"r": "eu", "n": [1, {"x": 2}]}
+        )
+        assert agg.add(
+            ev.meter_token,
+            ev.customer_external_id,
+            ev.quantity,
+            timestamp=ev.timestamp,
+            metadata=ev.metadata,
+        )
+    (e,) = agg.drain()
+    assert e.quantity == Decimal("0.3")
+    assert dict(e.metadata or {}) == {"r": "eu", "n": [1, {"x": 2}]}
+
+
 def test_customers_and_meters_are_separate() -> None:
     clock = FakeClock(BASE_MS / 1000)
     agg = WindowAggregator(
