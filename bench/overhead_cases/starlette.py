@@ -1,0 +1,231 @@
+"""Starlette cases for ``bench/overhead.py``: a small API, bare, metered, and under each peer.
+
+The app has a handful of routes like a real service; every case requests
+``GET /v1/items/{item_id}`` (a JSON response) with a realistic header set.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import urllib.request
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from overhead_cases import asgi_request, lazy, sink_url
+
+PATH = "/v1/items/42"
+METER_TOKEN = "0b8f6d6e-2c1a-4f5e-9a53-3f3c8d9e7a10"
+
+NOTES = {
+    "bare": "the app alone",
+    "fluxrate": (
+        "FluxrateMiddleware; the route billed by a config rule (api_calls, customer from "
+        "X-Customer-Id); events built by the real seam and client validation, kept by "
+        "fluxrate_web.testing.CapturingClient (delivery runs off the request path and is "
+        "measured by bench/transports.py)"
+    ),
+}
+
+
+def make_app() -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    async def health(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    async def list_items(request: Request) -> JSONResponse:
+        return JSONResponse({"items": []})
+
+    async def get_item(request: Request) -> JSONResponse:
+        return JSONResponse({"id": request.path_params["item_id"], "name": "widget"})
+
+    async def create_item(request: Request) -> JSONResponse:
+        return JSONResponse({"id": 1}, status_code=201)
+
+    async def me(request: Request) -> JSONResponse:
+        return JSONResponse({"user": "me"})
+
+    return Starlette(
+        routes=[
+            Route("/health", health),
+            Mount(
+                "/v1",
+                routes=[
+                    Route("/items", list_items),
+                    Route("/items", create_item, methods=["POST"]),
+                    Route("/items/{item_id:int}", get_item),
+                    Route("/me", me),
+                ],
+            ),
+        ]
+    )
+
+
+def fluxrate_settings() -> dict[str, Any]:
+    return {
+        "meters": {"api_calls": METER_TOKEN},
+        "customer": "header:X-Customer-Id",
+        "endpoints": [{"route": "/v1/items/*", "meter": "api_calls"}],
+    }
+
+
+def metered(make: Callable[[], Any]) -> Any:
+    from fluxrate_web.core.metering import Metering
+    from fluxrate_web.starlette import FluxrateMiddleware
+    from fluxrate_web.testing import CapturingClient
+
+    client = CapturingClient()
+    metering = Metering.from_config(overrides=fluxrate_settings(), client=client)
+    app = make()
+    app.add_middleware(FluxrateMiddleware, metering=metering)
+    return app, client
+
+
+def fluxrate_case(make: Callable[[], Any]) -> Callable[[], Any]:
+    app, client = metered(make)
+    one = asgi_request(app, PATH)
+    count = [0]
+
+    async def call() -> None:
+        await one()
+        count[0] += 1
+        if count[0] >= 10_000:  # keep the captured list (the "queue") bounded
+            if len(client.events) < 10_000:
+                raise AssertionError("the metered route did not produce its events")
+            client.clear()
+            count[0] = 0
+
+    return call
+
+
+# --------------------------------------------------------------------------- peers
+
+MakeApp = Callable[[], Any]
+
+PEERS: dict[str, tuple[str, str]] = {
+    "sentry": (
+        "sentry_sdk",
+        "sentry-sdk's Starlette/FastAPI integrations, traces_sample_rate=1.0, DSN on the sink",
+    ),
+    "opentelemetry": (
+        "opentelemetry.instrumentation.asgi",
+        "OpenTelemetryMiddleware, SDK TracerProvider, BatchSpanProcessor POSTing JSON to the sink",
+    ),
+    "starlette_exporter": (
+        "starlette_exporter",
+        "PrometheusMiddleware (in-process counters and histograms; scraped, nothing sent)",
+    ),
+    "moesif": ("moesifasgi", "MoesifMiddleware, BASE_URI on the local sink"),
+}
+
+
+def available_peers() -> tuple[list[str], dict[str, str]]:
+    present, skipped = [], {}
+    for name, (module, _what) in PEERS.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if found:
+            present.append(name)
+        else:
+            skipped[name] = f"`{module}` is not installed (`make bench` installs it)"
+    return present, skipped
+
+
+def sentry(make_app: MakeApp) -> Any:
+    import sentry_sdk
+
+    host = sink_url().removeprefix("http://")
+    sentry_sdk.init(dsn=f"http://public@{host}/1", traces_sample_rate=1.0)
+    return make_app()
+
+
+class _SinkSpanExporter:
+    """Serialises each batch of spans to JSON and POSTs it to the sink (what an OTLP/HTTP
+    exporter does, without the protobuf stack)."""
+
+    def export(self, spans: Sequence[Any]) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        body = json.dumps([json.loads(span.to_json()) for span in spans]).encode()
+        request = urllib.request.Request(
+            sink_url() + "/v1/traces", data=body, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                response.read()
+        except OSError:
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def opentelemetry(make_app: MakeApp) -> Any:
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(_SinkSpanExporter()))  # type: ignore[arg-type]
+    trace.set_tracer_provider(provider)
+    return OpenTelemetryMiddleware(make_app(), tracer_provider=provider)
+
+
+def starlette_exporter(make_app: MakeApp) -> Any:
+    from starlette_exporter import PrometheusMiddleware, handle_metrics
+
+    app = make_app()
+    app.add_middleware(PrometheusMiddleware)
+    app.add_route("/metrics", handle_metrics)
+    return app
+
+
+def moesif(make_app: MakeApp) -> Any:
+    import logging
+
+    from moesifasgi import MoesifMiddleware
+
+    logging.getLogger("moesifasgi").setLevel(logging.CRITICAL)
+    app = make_app()
+    app.add_middleware(
+        MoesifMiddleware,
+        settings={"APPLICATION_ID": "bench-app-id", "BASE_URI": sink_url(), "LOG_BODY": True},
+    )
+    return app
+
+
+BUILDERS: dict[str, Callable[[MakeApp], Any]] = {
+    "sentry": sentry,
+    "opentelemetry": opentelemetry,
+    "starlette_exporter": starlette_exporter,
+    "moesif": moesif,
+}
+
+present, SKIPPED = available_peers()
+NOTES.update({name: PEERS[name][1] for name in present})
+
+
+def peer_cases(make: MakeApp, path: str) -> dict[str, Callable[[], Any]]:
+    return {
+        name: lazy(lambda name=name: asgi_request(BUILDERS[name](make), path))  # type: ignore[misc]
+        for name in present
+    }
+
+
+def cases() -> dict[str, Callable[[], Any]]:
+    return {
+        "bare": lazy(lambda: asgi_request(make_app(), PATH)),
+        "fluxrate": lazy(lambda: fluxrate_case(make_app)),
+        **peer_cases(make_app, PATH),
+    }
