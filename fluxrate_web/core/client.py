@@ -1,0 +1,482 @@
+"""``FluxrateClient``: track usage off the request path; ``send()`` for one delivery now.
+
+::
+
+    client = FluxrateClient()                       # FLUXRATE_API_KEY, FLUXRATE_BASE_URL
+    client.track("meter-token", "cust_42", 3)       # validates, queues, returns: no I/O
+    client.flush(5.0)                               # optional: wait for delivery
+    client.close()                                  # drain, then close connections
+
+Delivery runs on the process's dispatcher thread (see :mod:`fluxrate_web.core.dispatcher`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import ssl
+import threading
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from decimal import Decimal
+from types import TracebackType
+from typing import Any
+
+from fluxrate_web.core._log import logger, warn_limited
+from fluxrate_web.core.dispatcher import (
+    Counters,
+    Lane,
+    LaneSettings,
+    close_lane,
+    flush_lane,
+    open_lane,
+)
+from fluxrate_web.core.errors import ConfigError, InvalidUsageError, TransportError
+from fluxrate_web.core.events import UsageEvent
+from fluxrate_web.core.failures import FailureLog
+from fluxrate_web.core.transport import (
+    DEFAULT_BASE_URL,
+    Transport,
+    Wire,
+    make_ssl_context,
+    mask,
+    parse_base_url,
+    proxy_for,
+)
+
+__all__ = ["ClientStats", "FluxrateClient", "capture_events"]
+
+# --------------------------------------------------------------------------- capture
+
+_captures: list[list[UsageEvent]] = []
+
+
+@contextlib.contextmanager
+def capture_events() -> Iterator[list[UsageEvent]]:
+    """While active (process-wide, all threads), every client's ``track()``/``enqueue()``
+    appends the validated event to the yielded list instead of queueing it for delivery.
+    Nested captures: the innermost receives the events."""
+    captured: list[UsageEvent] = []
+    _captures.append(captured)
+    try:
+        yield captured
+    finally:
+        with contextlib.suppress(ValueError):
+            # remove this very list (identity, not equality: two empty lists are equal)
+            for i in range(len(_captures) - 1, -1, -1):
+                if _captures[i] is captured:
+                    del _captures[i]
+                    break
+
+
+# --------------------------------------------------------------------------- stats
+
+
+class ClientStats:
+    """Counters of one client since it was created (or since a fork, in a child).
+
+    ``enqueued``: events accepted into the queue; ``delivered``: accepted by the API as new;
+    ``deduplicated``: the API already had the idempotency key (so they were delivered before);
+    ``retried``: attempts scheduled again after a retryable failure; ``failed``: events written to
+    the failure log; ``dropped``: ``track()`` calls refused as invalid (nothing logged but a
+    warning); ``pending``: queued, in flight or waiting to retry right now.
+    """
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: FluxrateClient) -> None:
+        self._client = client
+
+    @property
+    def _c(self) -> Counters:
+        return self._client._counters
+
+    @property
+    def enqueued(self) -> int:
+        lane = self._client._lane
+        return self._c.taken + (len(lane.queue) if lane is not None else 0)
+
+    @property
+    def delivered(self) -> int:
+        return self._c.delivered
+
+    @property
+    def deduplicated(self) -> int:
+        return self._c.deduplicated
+
+    @property
+    def retried(self) -> int:
+        return self._c.retried
+
+    @property
+    def failed(self) -> int:
+        return self._c.failed
+
+    @property
+    def dropped(self) -> int:
+        return self._c.dropped
+
+    @property
+    def pending(self) -> int:
+        lane = self._client._lane
+        return lane.pending if lane is not None and not lane.closed else 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "enqueued": self.enqueued,
+            "delivered": self.delivered,
+            "deduplicated": self.deduplicated,
+            "retried": self.retried,
+            "failed": self.failed,
+            "dropped": self.dropped,
+            "pending": self.pending,
+        }
+
+    def __repr__(self) -> str:
+        return "ClientStats(" + ", ".join(f"{k}={v}" for k, v in self.as_dict().items()) + ")"
+
+
+# --------------------------------------------------------------------------- the client
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value.strip() if value and value.strip() else None
+
+
+class FluxrateClient:
+    """Sends usage events to Fluxrate (or the devserver).
+
+    ``api_key`` and ``base_url`` default to ``$FLUXRATE_API_KEY`` and ``$FLUXRATE_BASE_URL``
+    (then ``https://api.fluxrate.co``). Plain ``http://`` is refused for non-loopback hosts
+    unless ``allow_insecure=True``. ``access_token`` enables REST events (``meter_id`` /
+    ``customer_id``) to ``POST /api/v1/usage``.
+
+    Delivery: up to ``max_in_flight`` concurrent requests over keep-alive connections; a queue
+    of ``max_queue_size`` events; ``max_attempts`` attempts per event within ``max_retry_age``
+    seconds of its first attempt, backing off exponentially with full jitter from
+    ``backoff_base`` up to ``backoff_max`` seconds (a ``Retry-After`` is a floor); each request
+    ends within ``request_timeout`` seconds; ``close()`` and interpreter exit wait up to
+    ``shutdown_timeout`` seconds. Events that finally fail go to ``failed_events_path`` (JSON
+    lines, mode 0600) or, without one, to a WARNING log line. ``verify``: ``True`` (system CAs),
+    a CA bundle path, an ``ssl.SSLContext``, or ``False`` (no TLS verification: development
+    only). Proxies come from ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY``.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        access_token: str | None = None,
+        allow_insecure: bool = False,
+        max_queue_size: int = 100_000,
+        max_in_flight: int = 16,
+        max_attempts: int = 8,
+        max_retry_age: float = 300.0,
+        request_timeout: float = 10.0,
+        shutdown_timeout: float = 5.0,
+        failed_events_path: str | os.PathLike[str] | None = None,
+        verify: bool | str | ssl.SSLContext = True,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+    ) -> None:
+        if api_key is not None and not isinstance(api_key, str):
+            raise ConfigError("api_key: expected a string")
+        if access_token is not None and not isinstance(access_token, str):
+            raise ConfigError("access_token: expected a string")
+        self._api_key = (api_key.strip() or None) if api_key else _env("FLUXRATE_API_KEY")
+        self._access_token = access_token.strip() or None if access_token else None
+        url = base_url if base_url else (_env("FLUXRATE_BASE_URL") or DEFAULT_BASE_URL)
+        self.endpoint = parse_base_url(url, allow_insecure=bool(allow_insecure))
+        self.base_url = str(self.endpoint)
+        self.settings = LaneSettings(
+            max_queue_size=max_queue_size,
+            max_in_flight=max_in_flight,
+            max_attempts=max_attempts,
+            max_retry_age=max_retry_age,
+            request_timeout=request_timeout,
+            shutdown_timeout=shutdown_timeout,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+        )
+        self.settings.check()
+        self._ssl_context = make_ssl_context(verify) if self.endpoint.tls else None
+        if verify is False and self.endpoint.tls:
+            logger.warning("TLS certificate verification is off for %s", self.endpoint.origin)
+        self._proxy = proxy_for(self.endpoint)
+        self._wire = Wire(
+            self.endpoint,
+            api_key=self._api_key,
+            access_token=self._access_token,
+            proxy=self._proxy,
+        )
+        self.failed_events_path = (
+            os.fspath(failed_events_path) if failed_events_path is not None else None
+        )
+        self._secrets = self._wire.secrets
+        self._closed = False
+        self._reset_process_state()
+        self.stats = ClientStats(self)
+
+    def _reset_process_state(self) -> None:
+        """Fresh locks, queue, counters and failure-log handle for this process."""
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._lane: Lane | None = None
+        self._counters = Counters()
+        self._failure_log = FailureLog(self.failed_events_path, secrets=self._secrets)
+
+    # ------------------------------------------------------------------ repr
+
+    def __repr__(self) -> str:
+        key = mask(self._api_key)
+        token = ", access_token='***'" if self._access_token else ""
+        return f"FluxrateClient(base_url={self.base_url!r}, api_key={key}{token})"
+
+    @property
+    def api_key_configured(self) -> bool:
+        return self._api_key is not None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ------------------------------------------------------------------ the request path
+
+    def track(
+        self,
+        meter_token: str,
+        customer_external_id: str,
+        quantity: int | float | Decimal = 1,
+        *,
+        timestamp: str | datetime | float | None = None,
+        idempotency_key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> UsageEvent | None:
+        """Validate and queue one event; returns it, or ``None`` when it was refused (invalid:
+        counted in ``stats.dropped`` with a rate-limited WARNING) or could not be queued (queue
+        full or client closed: written to the failure log). No I/O; never raises."""
+        try:
+            event = UsageEvent.create(
+                meter_token,
+                customer_external_id,
+                quantity,
+                timestamp=timestamp,
+                idempotency_key=idempotency_key,
+                metadata=metadata,
+            )
+        except InvalidUsageError as exc:
+            self.note_dropped(str(exc))
+            return None
+        except Exception as exc:  # e.g. a metadata mapping whose __iter__ raises
+            self.note_dropped(f"{type(exc).__name__}: {exc}")
+            return None
+        return event if self.enqueue(event) else None
+
+    def enqueue(self, event: UsageEvent) -> bool:
+        """Queue an already-built event. ``True`` if queued (or captured). Never raises."""
+        if _captures:
+            try:
+                _captures[-1].append(event)
+                return True
+            except IndexError:  # the capture ended meanwhile
+                pass
+        try:
+            if self._pid != os.getpid():
+                self._after_fork()
+            lane = self._lane
+            if lane is None or lane.closed:
+                lane = self._start_lane()
+                if lane is None:
+                    warn_limited(
+                        "client_closed",
+                        "usage event tracked on a closed FluxrateClient; "
+                        "it is in the failure log (reason client_closed)",
+                    )
+                    self._counters.add("failed")
+                    self._failure_log.add(event, "client_closed")
+                    return False
+            if len(lane.queue) >= self.settings.max_queue_size:
+                warn_limited(
+                    "queue_full",
+                    "the usage queue is full (%d events); events go to the failure log "
+                    "with reason queue_full",
+                    self.settings.max_queue_size,
+                )
+                self._counters.add("failed")
+                self._failure_log.add(event, "queue_full")
+                return False
+            lane.submit(event)
+            if lane.closed:  # closed while we appended: write it out ourselves
+                self._drain_closed(lane)
+            return True
+        except Exception as exc:  # never into the request; never silently
+            logger.exception("could not queue a usage event")
+            try:
+                self._counters.add("failed")
+                self._failure_log.add(event, "internal_error", error=repr(exc)[:500])
+            except Exception:
+                pass
+            return False
+
+    def note_dropped(self, reason: str) -> None:
+        """Count an event refused before it was built, with a rate-limited WARNING."""
+        try:
+            self._counters.add("dropped")
+            warn_limited(f"dropped:{reason[:60]}", "usage event dropped: %s", reason)
+        except Exception:  # pragma: no cover
+            pass
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start the background worker now (it starts by itself on the first event)."""
+        if self._pid != os.getpid():
+            self._after_fork()
+        if self._closed:
+            raise RuntimeError("this FluxrateClient is closed")
+        self._start_lane()
+
+    def _start_lane(self) -> Lane | None:
+        with self._lock:
+            if self._closed:
+                return None
+            lane = self._lane
+            if lane is not None and not lane.closed:
+                return lane
+            lane = open_lane(
+                wire=self._wire,
+                transport_factory=self._make_transport,
+                settings=self.settings,
+                counters=self._counters,
+                failure_log=self._failure_log,
+                name=hex(id(self))[-6:],
+            )
+            self._lane = lane
+            return lane
+
+    def _make_transport(self) -> Transport:
+        return Transport(
+            self.endpoint,
+            ssl_context=self._ssl_context,
+            proxy=self._proxy,
+            timeout=self.settings.request_timeout,
+            max_idle=self.settings.max_in_flight + 4,
+        )
+
+    def _drain_closed(self, lane: Lane) -> None:
+        records = []
+        while True:
+            try:
+                event = lane.queue.popleft()
+            except IndexError:
+                break
+            records.append(event)
+        for event in records:
+            self._counters.add("failed")
+            self._failure_log.add(event, "client_closed")
+
+    def _after_fork(self) -> None:
+        """First use in a forked child: start afresh. The parent keeps (and delivers) what was
+        queued before the fork; the child inherits nothing of it."""
+        self._reset_process_state()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued event is delivered or finally failed; ``False`` if
+        ``timeout`` seconds passed first (``None``: no limit but the retry budget)."""
+        if self._pid != os.getpid():
+            self._after_fork()
+        lane = self._lane
+        if lane is None or lane.closed:
+            return True
+        return flush_lane(lane, timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Deliver what is pending within ``timeout`` (default ``shutdown_timeout``) seconds,
+        write the rest to the failure log (reason ``shutdown_deadline``), close connections.
+        Idempotent."""
+        if self._pid != os.getpid():
+            self._after_fork()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            lane = self._lane
+        if lane is not None:
+            close_lane(lane, timeout)
+
+    async def flush_async(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+        """:meth:`flush` without blocking the calling event loop."""
+        return await asyncio.to_thread(self.flush, timeout)
+
+    async def close_async(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """:meth:`close` without blocking the calling event loop."""
+        await asyncio.to_thread(self.close, timeout)
+
+    def __enter__(self) -> FluxrateClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> FluxrateClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close_async()
+
+    # ------------------------------------------------------------------ direct sends
+
+    def _lane_for_send(self) -> Lane:
+        if self._pid != os.getpid():
+            self._after_fork()
+        if not isinstance(self, FluxrateClient):  # pragma: no cover
+            raise TypeError
+        lane = self._lane
+        if lane is None or lane.closed:
+            if self._closed:
+                raise RuntimeError("this FluxrateClient is closed")
+            lane = self._start_lane()
+            if lane is None:
+                raise RuntimeError("this FluxrateClient is closed")
+        return lane
+
+    def send(self, event: UsageEvent) -> dict[str, Any]:
+        """Deliver ``event`` now, once (no retry), and return the server's record (for a
+        duplicate: the original record). Raises ``AuthenticationError``, ``ValidationError``,
+        ``NotFoundError``, ``RateLimitedError``, ``ServerError``, ``APIError``,
+        ``TransportError`` or ``ConfigError`` (no credentials for this event)."""
+        if not isinstance(event, UsageEvent):
+            raise InvalidUsageError(f"send() takes a UsageEvent, got {type(event).__name__}")
+        lane = self._lane_for_send()
+        runtime = lane.runtime
+        if runtime.in_loop_thread:
+            raise RuntimeError("send() cannot run on the fluxrate dispatcher thread")
+        future = lane.call(lane.send_once(event))
+        try:
+            result: dict[str, Any] = future.result(self.settings.request_timeout * 2 + 5.0)
+        except TimeoutError:
+            future.cancel()
+            raise TransportError("send() timed out") from None
+        return result
+
+    async def send_async(self, event: UsageEvent) -> dict[str, Any]:
+        """:meth:`send` for async code: awaits the dispatcher without blocking the caller's
+        loop (the request runs on the dispatcher's connections, the same code path)."""
+        if not isinstance(event, UsageEvent):
+            raise InvalidUsageError(f"send() takes a UsageEvent, got {type(event).__name__}")
+        lane = self._lane_for_send()
+        result: dict[str, Any] = await asyncio.wrap_future(lane.call(lane.send_once(event)))
+        return result

@@ -1,0 +1,678 @@
+"""The background dispatcher: one asyncio loop in one daemon thread per process.
+
+Every :class:`~fluxrate_web.core.client.FluxrateClient` of the process gets a :class:`Lane` on
+that loop: its own bounded queue, ``max_in_flight`` worker coroutines, a keep-alive
+:class:`~fluxrate_web.core.transport.Transport` and retry timers. WSGI and ASGI apps, threads and
+event loops all hand events to the same thread, which sleeps in ``epoll`` when there is nothing
+to send.
+
+The request path (``Lane.submit``) is a ``deque.append`` plus, only when a worker sleeps and no
+wake-up is already on its way, one ``loop.call_soon_threadsafe``: a burst of events costs one
+wake-up, not one syscall per event.
+
+Lifecycle:
+
+* the loop thread starts with the first lane (lazily, on the first ``track()``) and stops when
+  the last lane closes;
+* in a child made by ``fork()`` the inherited loop, thread, locks and queues are abandoned (the
+  parent still owns and delivers them) and a fresh runtime starts on the child's first event
+  (``os.register_at_fork`` plus a pid check on enqueue);
+* at interpreter exit an ``atexit`` hook (the thread is a daemon, so nothing else would) drains
+  every lane within its ``shutdown_timeout`` and writes what is left to the failure log with
+  reason ``shutdown_deadline``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import random
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future as ConcurrentFuture
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from fluxrate_web.core import _log
+from fluxrate_web.core._log import logger, warn_limited
+from fluxrate_web.core.errors import ConfigError, TransportError
+from fluxrate_web.core.events import UsageEvent
+from fluxrate_web.core.failures import FailureLog, make_record
+from fluxrate_web.core.transport import (
+    DEDUPLICATED,
+    DELIVERED,
+    PERMANENT,
+    RETRY,
+    MissingCredentials,
+    Outcome,
+    Transport,
+    Wire,
+    classify,
+    classify_exception,
+    error_for,
+)
+
+__all__ = ["Lane", "LaneSettings", "Runtime", "get_runtime"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class LaneSettings:
+    max_queue_size: int = 100_000
+    max_in_flight: int = 16
+    max_attempts: int = 8
+    max_retry_age: float = 300.0
+    request_timeout: float = 10.0
+    shutdown_timeout: float = 5.0
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+
+    def check(self) -> None:
+        def positive(name: str, value: float, *, integer: bool = False) -> None:
+            if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+                kind = "an integer" if integer else "a number"
+                raise ConfigError(f"{name}: expected {kind}, got {value!r}")
+            if not value > 0:
+                raise ConfigError(f"{name}: must be > 0, got {value!r}")
+
+        positive("max_queue_size", self.max_queue_size, integer=True)
+        positive("max_in_flight", self.max_in_flight, integer=True)
+        positive("max_attempts", self.max_attempts, integer=True)
+        positive("max_retry_age", self.max_retry_age)
+        positive("request_timeout", self.request_timeout)
+        positive("shutdown_timeout", self.shutdown_timeout)
+        positive("backoff_base", self.backoff_base)
+        positive("backoff_max", self.backoff_max)
+        if self.max_in_flight > 1024:
+            raise ConfigError(f"max_in_flight: at most 1024, got {self.max_in_flight}")
+
+
+class Counters:
+    """The numbers behind ``client.stats``. Written on the loop thread, except ``dropped`` and
+    the ``failed`` of queue_full/client_closed, which take the lock."""
+
+    __slots__ = ("_lock", "deduplicated", "delivered", "dropped", "failed", "retried", "taken")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.taken = 0  # events the workers took off the queue
+        self.delivered = 0
+        self.deduplicated = 0
+        self.retried = 0
+        self.failed = 0
+        self.dropped = 0
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + n)
+
+
+class _Retry:
+    """An event between attempts."""
+
+    __slots__ = ("attempts", "error", "event", "first", "handle", "status")
+
+    def __init__(self, event: UsageEvent, first: float) -> None:
+        self.event = event
+        self.attempts = 0
+        self.first = first
+        self.status: int | None = None
+        self.error: str | None = None
+        self.handle: asyncio.TimerHandle | None = None
+
+
+# --------------------------------------------------------------------------- the lane
+
+
+class Lane:
+    """One client's queue, workers and connections on the process's loop."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        wire: Wire,
+        transport_factory: Callable[[], Transport],
+        settings: LaneSettings,
+        counters: Counters,
+        failure_log: FailureLog,
+        name: str = "",
+    ) -> None:
+        self.runtime = runtime
+        self.loop = runtime.loop
+        self.wire = wire
+        self.settings = settings
+        self.counters = counters
+        self.failure_log = failure_log
+        self.name = name
+        self.queue: deque[UsageEvent] = deque()
+        self._ready: deque[_Retry] = deque()  # retries whose delay has passed
+        self._waiting: set[_Retry] = set()  # retries waiting for their timer
+        self._current: dict[int, tuple[UsageEvent, _Retry | None]] = {}
+        self._idle: deque[asyncio.Future[None]] = deque()
+        self._wake_pending = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._paused_until = 0.0
+        self._workers: list[asyncio.Task[None]] = []
+        self._transport_factory = transport_factory
+        self._transport: Transport | None = None
+        self._stopping = False
+        self.closed = False
+        self._failed_batch: list[dict[str, Any]] = []
+        self._flush_scheduled = False
+
+    # ------------------------------------------------------------ any thread
+
+    @property
+    def pending(self) -> int:
+        return len(self.queue) + len(self._ready) + len(self._waiting) + len(self._current)
+
+    def submit(self, event: UsageEvent) -> None:
+        """Queue ``event`` (the caller checked the bound). Never blocks, never raises."""
+        self.queue.append(event)
+        if self._idle and not self._wake_pending:
+            self._wake_pending = True
+            try:
+                self.loop.call_soon_threadsafe(self._kick)
+            except RuntimeError:  # loop closed under us: the closer writes the queue out
+                pass
+
+    def call(self, coro: Any) -> ConcurrentFuture[Any]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    # ------------------------------------------------------------ loop thread
+
+    def start(self) -> None:
+        self._transport = self._transport_factory()
+        for i in range(self.settings.max_in_flight):
+            self._workers.append(
+                self.loop.create_task(self._worker(i), name=f"fluxrate-worker-{self.name}-{i}")
+            )
+
+    def _kick(self) -> None:
+        self._wake_pending = False
+        n = len(self.queue) + len(self._ready)
+        idle = self._idle
+        while n > 0 and idle:
+            waiter = idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                n -= 1
+
+    def _next(self) -> tuple[UsageEvent, _Retry | None] | None:
+        if self._ready:
+            retry = self._ready.popleft()
+            return retry.event, retry
+        try:
+            event = self.queue.popleft()
+        except IndexError:
+            return None
+        self.counters.taken += 1
+        return event, None
+
+    async def _worker(self, wid: int) -> None:
+        loop = self.loop
+        current = self._current
+        while True:
+            item = self._next()
+            if item is None:
+                if self._stopping:
+                    return
+                if self._drain_waiters and not self.pending:
+                    self._notify_drained()
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._idle.append(waiter)
+                if self.queue or self._ready:  # an event slipped in: no sleep
+                    self._idle.remove(waiter)
+                    continue
+                await waiter
+                continue
+            if self._idle and (self.queue or self._ready):
+                self._kick()  # fan out a burst to the other sleeping workers
+            current[wid] = item
+            await self._deliver(*item)
+            del current[wid]
+
+    async def _deliver(self, event: UsageEvent, retry: _Retry | None) -> None:
+        try:
+            try:
+                data = self.wire.build(event)
+            except MissingCredentials as exc:
+                warn_limited(
+                    f"missing-credentials:{exc.reason}",
+                    "%s; events go to the failure log with reason %s",
+                    exc,
+                    exc.reason,
+                )
+                self._fail(event, exc.reason, retry, error=str(exc))
+                return
+            loop = self.loop
+            if self._paused_until > loop.time():
+                await asyncio.sleep(self._paused_until - loop.time())
+            if retry is not None:
+                retry.attempts += 1
+            try:
+                assert self._transport is not None
+                response = await self._transport.request(data)
+                outcome = classify(response, secrets=self.wire.secrets)
+            except TransportError as exc:
+                outcome = classify_exception(exc, secrets=self.wire.secrets)
+            if outcome.kind == DELIVERED:
+                self.counters.delivered += 1
+            elif outcome.kind == DEDUPLICATED:
+                self.counters.deduplicated += 1
+            elif outcome.kind == RETRY:
+                self._retry_later(event, retry, outcome)
+            else:
+                assert outcome.kind == PERMANENT
+                warn_limited(
+                    f"rejected:{outcome.status}",
+                    "the API rejected a usage event for good (%s); it is in the failure log",
+                    outcome.error,
+                )
+                self._fail(
+                    event,
+                    "rejected",
+                    retry,
+                    status=outcome.status,
+                    error=outcome.error,
+                    attempts=retry.attempts if retry else 1,
+                )
+        except asyncio.CancelledError:
+            raise  # shutdown: the closer writes self._current to the failure log
+        except BaseException as exc:  # a bug: never a silent drop
+            logger.exception("unexpected error delivering a usage event")
+            self._fail(
+                event,
+                "internal_error",
+                retry,
+                error=f"{type(exc).__name__}: {exc}"[:500],
+                attempts=retry.attempts if retry else 1,
+            )
+
+    def _retry_later(self, event: UsageEvent, retry: _Retry | None, outcome: Outcome) -> None:
+        loop = self.loop
+        now = loop.time()
+        if retry is None:
+            retry = _Retry(event, now)
+            retry.attempts = 1
+        retry.status = outcome.status
+        retry.error = outcome.error
+        settings = self.settings
+        if outcome.status == 429 and outcome.retry_after:
+            # the server asked everyone to wait: hold the whole lane, not just this event
+            self._paused_until = max(self._paused_until, now + outcome.retry_after)
+        if retry.attempts >= settings.max_attempts:
+            self._give_up(retry)
+            return
+        delay = backoff_delay(
+            retry.attempts, settings.backoff_base, settings.backoff_max, outcome.retry_after
+        )
+        if now + delay - retry.first > settings.max_retry_age:
+            self._give_up(retry)
+            return
+        warn_limited(
+            "delivery-retry",
+            "usage event delivery failed (%s); retrying with backoff",
+            outcome.error,
+        )
+        self.counters.retried += 1
+        self._waiting.add(retry)
+        retry.handle = loop.call_later(delay, self._retry_due, retry)
+
+    def _retry_due(self, retry: _Retry) -> None:
+        retry.handle = None
+        self._waiting.discard(retry)
+        if self._stopping and not self._workers:
+            return
+        self._ready.append(retry)
+        self._kick()
+
+    def _give_up(self, retry: _Retry) -> None:
+        warn_limited(
+            "retries-exhausted",
+            "usage event not delivered after %d attempt(s) (%s); it is in the failure log",
+            retry.attempts,
+            retry.error,
+        )
+        self._fail(
+            retry.event,
+            "retries_exhausted",
+            None,
+            status=retry.status,
+            error=retry.error,
+            attempts=retry.attempts,
+        )
+
+    def _fail(
+        self,
+        event: UsageEvent,
+        reason: str,
+        retry: _Retry | None,
+        *,
+        status: int | None = None,
+        error: str | None = None,
+        attempts: int = 0,
+    ) -> None:
+        """Loop thread: count and batch the failure-log line (one write per loop pass)."""
+        if retry is not None:
+            status = status if status is not None else retry.status
+            error = error if error is not None else retry.error
+            attempts = max(attempts, retry.attempts)
+        self.counters.add("failed")
+        self._failed_batch.append(
+            make_record(event, reason, status=status, error=error, attempts=attempts)
+        )
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush_failures)
+
+    def _flush_failures(self) -> None:
+        self._flush_scheduled = False
+        batch, self._failed_batch = self._failed_batch, []
+        self.failure_log.write(batch)
+
+    def _notify_drained(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_drained(self) -> None:
+        """Until nothing is queued, in flight or waiting to retry."""
+        while self.pending:
+            if self._idle and (self.queue or self._ready):
+                self._kick()
+            waiter: asyncio.Future[None] = self.loop.create_future()
+            self._drain_waiters.append(waiter)
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), 0.05)
+            except TimeoutError:
+                pass
+        if self._failed_batch:
+            self._flush_failures()
+
+    async def send_once(self, event: UsageEvent) -> dict[str, Any]:
+        """One attempt now, on this lane's connections; raises on failure."""
+        try:
+            data = self.wire.build(event)
+        except MissingCredentials as exc:
+            raise ConfigError(str(exc)) from None
+        if self._transport is None:
+            raise TransportError("client closed")
+        response = await self._transport.request(data)
+        outcome = classify(response, secrets=self.wire.secrets)
+        if outcome.ok:
+            return outcome.record or {}
+        raise error_for(outcome)
+
+    async def shutdown(self, deadline: float) -> None:
+        """Drain until ``deadline`` (loop time), then write what is left to the failure log with
+        reason ``shutdown_deadline`` and close every connection."""
+        if self.closed:
+            return
+        remaining = deadline - self.loop.time()
+        if remaining > 0 and self.pending:
+            try:
+                await asyncio.wait_for(self.wait_drained(), remaining)
+            except TimeoutError:
+                pass
+        await self.abandon("shutdown_deadline")
+
+    async def abandon(self, reason: str) -> None:
+        """Stop the workers now; every event not delivered goes to the failure log."""
+        if self.closed:
+            return
+        self._stopping = True
+        for task in self._workers:
+            task.cancel()
+        if self._workers:
+            await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers.clear()
+        left = self.pending
+        for event, retry in list(self._current.values()):
+            self._fail(event, reason, retry, attempts=retry.attempts if retry else 1)
+        self._current.clear()
+        for retry in list(self._waiting):
+            if retry.handle is not None:
+                retry.handle.cancel()
+            self._fail(retry.event, reason, retry)
+        self._waiting.clear()
+        while self._ready:
+            retry = self._ready.popleft()
+            self._fail(retry.event, reason, retry)
+        self.closed = True  # from here on, submit() is refused by the client
+        while True:
+            try:
+                event = self.queue.popleft()
+            except IndexError:
+                break
+            self._fail(event, reason, None)
+        self._flush_failures()
+        if left:
+            logger.warning(
+                "%d usage event(s) not delivered before the shutdown deadline; "
+                "they are in the failure log (reason %s)",
+                left,
+                reason,
+            )
+        for waiter in self._idle:
+            if not waiter.done():
+                waiter.cancel()
+        self._idle.clear()
+        self._notify_drained()
+        if self._transport is not None:
+            await self._transport.aclose()
+        self._transport = None
+
+
+def backoff_delay(
+    attempts: int, base: float, cap: float, retry_after: float | None = None
+) -> float:
+    """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**(attempts-1))); a
+    ``Retry-After`` from the server is a floor."""
+    ceiling = min(cap, base * (2.0 ** min(attempts - 1, 62)))
+    delay = random.uniform(0.0, ceiling)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
+
+
+# --------------------------------------------------------------------------- the runtime
+
+
+class Runtime:
+    """The process's loop thread and its lanes."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self.lanes: set[Lane] = set()
+        self._started = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="fluxrate-dispatcher", daemon=True)
+        self.thread.start()
+        self._started.wait()
+
+    def _run(self) -> None:
+        loop = self.loop
+        asyncio.set_event_loop(loop)
+        loop.call_soon(self._started.set)
+        try:
+            loop.run_forever()
+        finally:
+            try:
+                tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+                for task in tasks:
+                    task.cancel()
+                if tasks:
+                    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+
+    @property
+    def in_loop_thread(self) -> bool:
+        return threading.get_ident() == self.thread.ident
+
+    def run(self, coro: Any, timeout: float | None) -> Any:
+        """Run ``coro`` on the loop from another thread and wait up to ``timeout``."""
+        if self.in_loop_thread:
+            raise RuntimeError("cannot wait for the fluxrate dispatcher from its own thread")
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    def stop(self) -> None:
+        if not self.thread.is_alive():
+            return
+        try:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        except RuntimeError:
+            return
+        if not self.in_loop_thread:
+            self.thread.join(5.0)
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+_orphans: list[object] = []  # what a forked child inherited: kept, never closed or collected
+
+
+def get_runtime() -> Runtime:
+    """The running runtime of this process, started if needed."""
+    global _runtime
+    runtime = _runtime
+    if runtime is not None and runtime.pid == os.getpid() and runtime.thread.is_alive():
+        return runtime
+    with _lock:
+        runtime = _runtime
+        if runtime is not None and runtime.pid != os.getpid():
+            _orphans.append(runtime)  # a fork that skipped the at-fork hook
+            runtime = None
+        if runtime is None or not runtime.thread.is_alive():
+            runtime = _runtime = Runtime()
+        return runtime
+
+
+def open_lane(**kwargs: Any) -> Lane:
+    """Create a lane on the process's runtime and start its workers."""
+    while True:
+        runtime = get_runtime()
+        lane = Lane(runtime, **kwargs)
+        with _lock:
+            if _runtime is not runtime or not runtime.thread.is_alive():
+                continue  # stopped meanwhile: take the next one
+            runtime.lanes.add(lane)
+        try:
+            runtime.run(_start_lane(lane), 10.0)
+        except RuntimeError:
+            continue
+        return lane
+
+
+async def _start_lane(lane: Lane) -> None:
+    lane.start()
+
+
+def close_lane(lane: Lane, timeout: float | None) -> None:
+    """Drain ``lane`` for up to ``timeout`` seconds (``None``: its shutdown_timeout), write the
+    rest to the failure log, close its connections; stop the runtime when it was the last."""
+    global _runtime
+    runtime = lane.runtime
+    if runtime.pid != os.getpid():
+        return
+    wait = lane.settings.shutdown_timeout if timeout is None else max(0.0, timeout)
+    if runtime.thread.is_alive() and not runtime.in_loop_thread:
+        try:
+            runtime.run(lane.shutdown(runtime.loop.time() + wait), wait + 5.0)
+        except Exception:  # the loop is wedged: write the queue out from here
+            logger.exception("the fluxrate dispatcher did not stop in time")
+            _abandon_from_outside(lane)
+    elif not runtime.thread.is_alive():
+        _abandon_from_outside(lane)
+    with _lock:
+        runtime.lanes.discard(lane)
+        last = not runtime.lanes and _runtime is runtime
+        if last:
+            _runtime = None
+    if last:
+        runtime.stop()
+
+
+def _abandon_from_outside(lane: Lane) -> None:
+    records = []
+    while True:
+        try:
+            event = lane.queue.popleft()
+        except IndexError:
+            break
+        records.append(make_record(event, "shutdown_deadline"))
+    lane.closed = True
+    lane.counters.add("failed", len(records))
+    lane.failure_log.write(records)
+
+
+def flush_lane(lane: Lane, timeout: float | None) -> bool:
+    """Wait until ``lane`` has nothing pending; ``False`` if ``timeout`` passed first."""
+    if not lane.pending:
+        return True
+    runtime = lane.runtime
+    if runtime.pid != os.getpid() or not runtime.thread.is_alive():
+        return False
+    try:
+        runtime.run(lane.wait_drained(), timeout)
+    except TimeoutError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- exit and fork
+
+
+def _atexit_flush() -> None:
+    """Interpreter exit: drain every lane within its shutdown_timeout, all lanes at once."""
+    global _runtime
+    runtime = _runtime
+    if runtime is None or runtime.pid != os.getpid() or not runtime.thread.is_alive():
+        return
+    lanes = [lane for lane in list(runtime.lanes) if not lane.closed]
+    if lanes:
+        wait = max(lane.settings.shutdown_timeout for lane in lanes)
+
+        async def drain_all() -> None:
+            deadline = asyncio.get_running_loop().time()
+            await asyncio.gather(
+                *(lane.shutdown(deadline + lane.settings.shutdown_timeout) for lane in lanes),
+                return_exceptions=True,
+            )
+
+        try:
+            runtime.run(drain_all(), wait + 5.0)
+        except BaseException:
+            for lane in lanes:
+                _abandon_from_outside(lane)
+    with _lock:
+        runtime.lanes.clear()
+        _runtime = None
+    runtime.stop()
+
+
+def _after_fork_in_child() -> None:
+    global _lock, _runtime
+    _lock = threading.Lock()
+    if _runtime is not None:
+        _orphans.append(_runtime)  # the parent's loop, sockets and epoll: leave them alone
+        _runtime = None
+    _log._lock = threading.Lock()
+
+
+atexit.register(_atexit_flush)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

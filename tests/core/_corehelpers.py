@@ -1,0 +1,192 @@
+"""Test helpers for the core: a tiny scriptable HTTP/1.1 server on a loopback port.
+
+It runs its own asyncio loop on a thread, speaks keep-alive HTTP/1.1, stores events by
+idempotency key the way the devserver does (201 new, 200 with the original record on a
+duplicate) and lets a test script the answers (``server.script = [503, 503, None]`` or a
+callable). Real sockets, no mocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+Answer = tuple[int, dict[str, str], bytes]
+
+
+@dataclass
+class Request:
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: bytes
+    raw_head: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class ScriptedServer:
+    """``script``: a list consumed one entry per request (an int status, an ``Answer``, or
+    ``None`` for the normal answer), or a callable ``(Request) -> Answer | int | None``.
+    ``delay``: seconds to wait before answering."""
+
+    script: list[Any] | Callable[[Request], Any] = field(default_factory=list)
+    delay: float = 0.0
+    close_after_each: bool = False
+    requests: list[Request] = field(default_factory=list)
+    ledger: dict[str, dict[str, Any]] = field(default_factory=dict)
+    connections: int = 0
+    port: int = 0
+    _loop: asyncio.AbstractEventLoop | None = None
+    _server: asyncio.base_events.Server | None = None
+    _thread: threading.Thread | None = None
+    _writers: set[asyncio.StreamWriter] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ScriptedServer:
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            self._server = loop.run_until_complete(
+                asyncio.start_server(self._handle, "127.0.0.1", 0)
+            )
+            self.port = self._server.sockets[0].getsockname()[1]
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                self._server.close()
+                for writer in list(self._writers):
+                    writer.transport.abort()
+                loop.run_until_complete(self._server.wait_closed())
+                loop.run_until_complete(asyncio.sleep(0.01))
+                loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        ready.wait(5)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+
+    def __enter__(self) -> ScriptedServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def drop_connections(self) -> None:
+        """Close every open keep-alive connection from the server side."""
+        assert self._loop is not None
+
+        def close() -> None:
+            for writer in list(self._writers):
+                writer.close()
+
+        self._loop.call_soon_threadsafe(close)
+        time.sleep(0.05)
+
+    def _next_answer(self, request: Request) -> Answer | None:
+        with self._lock:
+            if callable(self.script):
+                entry = self.script(request)
+            elif self.script:
+                entry = self.script.pop(0)
+            else:
+                entry = None
+        if entry is None:
+            return None
+        if isinstance(entry, int):
+            return entry, {}, json.dumps({"detail": f"scripted {entry}"}).encode()
+        return entry  # type: ignore[no-any-return]
+
+    def _normal_answer(self, request: Request) -> Answer:
+        try:
+            data = request.json()
+        except ValueError:
+            return 400, {}, b'{"detail":"bad json"}'
+        key = data.get("idempotency_key") or f"auto-{len(self.requests)}"
+        with self._lock:
+            if key in self.ledger:
+                return 200, {}, json.dumps(self.ledger[key]).encode()
+            record = {"id": f"ev_{len(self.ledger)}", **data}
+            self.ledger[key] = record
+        return 201, {}, json.dumps(record).encode()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.add(writer)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, _ = lines[0].split(" ", 2)
+                headers = {}
+                for line in lines[1:]:
+                    if ":" in line:
+                        k, v = line.split(":", 1)
+                        headers[k.strip().lower()] = v.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                request = Request(method, target, headers, body, head)
+                self.requests.append(request)
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                answer = self._next_answer(request)
+                if answer is not None and answer[0] == -1:  # scripted: drop the connection
+                    writer.transport.abort()
+                    return
+                status, extra, payload = answer or self._normal_answer(request)
+                reason = {200: "OK", 201: "Created"}.get(status, "X")
+                head_out = f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+                for k, v in extra.items():
+                    head_out += f"{k}: {v}\r\n"
+                head_out += f"content-length: {len(payload)}\r\n"
+                if self.close_after_each:
+                    head_out += "connection: close\r\n"
+                writer.write(head_out.encode() + b"\r\n" + payload)
+                await writer.drain()
+                if self.close_after_each:
+                    writer.close()
+                    return
+        except (ConnectionError, asyncio.CancelledError):
+            return
+        finally:
+            self._writers.discard(writer)
+            with contextlib.suppress(Exception):
+                writer.close()
+
+
+@contextlib.contextmanager
+def scripted_server(**kwargs: Any) -> Iterator[ScriptedServer]:
+    server = ScriptedServer(**kwargs)
+    with server:
+        yield server
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
