@@ -51,13 +51,13 @@ class DevState:
     store: Store
     service: Service
     faults: FaultInjector = field(default_factory=FaultInjector)
-    requests_by_status: dict[int, int] = field(default_factory=dict)
+    track_responses: dict[str, int] = field(default_factory=dict)  # status or "dropped"
 
     def reset(self) -> None:
         self.store.reset()
         self.service.track_requests = 0
         self.service.usage_requests = 0
-        self.requests_by_status.clear()
+        self.track_responses.clear()
         self.faults.clear()
 
 
@@ -204,10 +204,10 @@ def build_app(state: DevState) -> ASGIApp:
     @_api
     async def create_customer(request: Request) -> Response:
         org = service.jwt_org(request.headers.get("cookie"))
-        data = service._object(await request.body())
-        name = service._required(data, "name")
-        email = service._required(data, "email")
-        ext = service._string(data, "external_id")
+        data = service.parse_object(await request.body())
+        name = service.required_string(data, "name")
+        email = service.required_string(data, "email")
+        ext = service.optional_string(data, "external_id")
         if ext is not None and (org.id, ext) in store.customers_by_ext:
             raise ApiError(409, "Customer with this external_id already exists")
         customer = store.create_customer(org.id, ext or name, name, email)
@@ -278,7 +278,7 @@ def build_app(state: DevState) -> ASGIApp:
                 "usage_requests": service.usage_requests,
                 "events": store.count_events(),
                 "customers": len(store.customers_by_id),
-                "responses": {str(k): v for k, v in sorted(state.requests_by_status.items())},
+                "track_responses": dict(sorted(state.track_responses.items())),
                 "faults": state.faults.describe(),
             }
         )
@@ -288,7 +288,7 @@ def build_app(state: DevState) -> ASGIApp:
         if request.method == "DELETE":
             state.faults.clear()
         elif request.method == "POST":
-            data = service._object(await request.body())
+            data = service.parse_object(await request.body())
             seed_value = data.get("seed")
             if seed_value is not None and (
                 isinstance(seed_value, bool) or not isinstance(seed_value, int)
@@ -311,7 +311,7 @@ def build_app(state: DevState) -> ASGIApp:
     async def dev_seed(request: Request) -> Response:
         body = await request.body()
         try:
-            extra = seed.from_mapping(service._object(body), "body")
+            extra = seed.from_mapping(service.parse_object(body), "body")
             store.apply_seed(extra)
         except ValueError as exc:
             raise ApiError(422, str(exc)) from None
@@ -320,7 +320,7 @@ def build_app(state: DevState) -> ASGIApp:
     @_api
     async def dev_token(request: Request) -> Response:
         body = await request.body()
-        data = service._object(body) if body.strip() else {}
+        data = service.parse_object(body) if body.strip() else {}
         org = store.org_by_name(str(data.get("org", DEFAULT_ORG)))
         if org is None:
             raise ApiError(404, "unknown organization")
@@ -405,7 +405,7 @@ class DevServerApp:
             self.service.track_requests += 1
         action = Action.NONE
         if self.faults.active:
-            action = await self._fault(receive, send)
+            action = await self._fault(receive, send, is_track)
             if action in (Action.DROP, Action.ERROR, Action.RATE_LIMIT, Action.OUTAGE):
                 return
         if is_track:
@@ -413,32 +413,36 @@ class DevServerApp:
         else:
             await self.starlette(scope, receive, send)
 
-    def _count(self, status: int) -> None:
-        counts = self.state.requests_by_status
-        counts[status] = counts.get(status, 0) + 1
+    def _count(self, outcome: int | str) -> None:
+        counts = self.state.track_responses
+        counts[str(outcome)] = counts.get(str(outcome), 0) + 1
 
-    async def _fault(self, receive: Receive, send: Send) -> Action:
+    async def _fault(self, receive: Receive, send: Send, is_track: bool) -> Action:
         settings = self.faults.settings
         if settings.latency_ms > 0:
             await asyncio.sleep(settings.latency_ms / 1000)
         action = self.faults.decide()
+        if action is Action.NONE or action is Action.STORED_DROP:
+            return action
+        await read_body(receive)
         if action is Action.DROP:
-            await read_body(receive)
             if await drop_connection(receive, send):
+                if is_track:
+                    self._count("dropped")
                 return action
             action = Action.ERROR
-        if action in (Action.ERROR, Action.OUTAGE):
-            await read_body(receive)
-            detail = "Service temporarily unavailable (injected fault)"
-            if action is Action.OUTAGE:
-                detail = "Service unavailable: outage window (injected fault)"
-            self._count(settings.status)
-            await send_json(send, settings.status, dumps({"detail": detail}))
-        elif action is Action.RATE_LIMIT:
-            await read_body(receive)
-            self._count(429)
-            retry = format_retry_after(settings.retry_after).encode()
-            await send_json(send, 429, b'{"detail":"Too Many Requests"}', [(b"retry-after", retry)])
+        if action is Action.RATE_LIMIT:
+            status = 429
+            body = b'{"detail":"Too Many Requests (injected fault)"}'
+            headers = [(b"retry-after", format_retry_after(settings.retry_after).encode())]
+        else:
+            status = settings.status
+            what = "outage window" if action is Action.OUTAGE else "injected fault"
+            body = dumps({"detail": f"Service unavailable ({what})"})
+            headers = []
+        if is_track:
+            self._count(status)
+        await send_json(send, status, body, headers)
         return action
 
     async def _track(self, scope: Scope, receive: Receive, send: Send, drop_after: bool) -> None:
@@ -450,6 +454,7 @@ class DevServerApp:
             await send_json(send, exc.status, _error_body(exc))
             return
         if drop_after and await drop_connection(receive, send):
+            self._count("stored_dropped")
             return
         if result.created:
             self._count(201)

@@ -73,6 +73,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--keep-alive", type=float, default=60.0, metavar="SECONDS", help="idle keep-alive"
     )
     parser.add_argument(
+        "--no-coalesce",
+        action="store_true",
+        help="let uvicorn write each response head and body separately (for benchmarks)",
+    )
+    parser.add_argument(
         "--log-level", default="warning", choices=("debug", "info", "warning", "error")
     )
     parser.add_argument(
@@ -109,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         keep_alive=args.keep_alive,
         json_banner=args.json,
         log_level=args.log_level,
+        coalesce=not args.no_coalesce,
     )
     try:
         return serve(options)

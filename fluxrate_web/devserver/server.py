@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import logging
 import socket
@@ -13,8 +12,9 @@ from typing import Any, TextIO
 
 import uvicorn
 
-from fluxrate_web.devserver import jwt
+from fluxrate_web.devserver import coalesce, jwt
 from fluxrate_web.devserver.app import DevState, build_app
+from fluxrate_web.devserver.coalesce import implementation_name
 from fluxrate_web.devserver.faults import FaultInjector, FaultSettings
 from fluxrate_web.devserver.seed import Seed
 from fluxrate_web.devserver.service import Service
@@ -37,6 +37,7 @@ class ServerOptions:
     keep_alive: float = 60.0
     json_banner: bool = False
     log_level: str = "warning"
+    coalesce: bool = True
 
 
 def build_state(options: ServerOptions) -> DevState:
@@ -102,7 +103,8 @@ def print_banner(info: dict[str, Any], out: TextIO) -> None:
 
 def bind_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only when proto says TCP
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
@@ -112,10 +114,6 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-def http_implementation() -> str:
-    return "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
 
 
 def serve(options: ServerOptions, out: TextIO = sys.stdout) -> int:
@@ -131,7 +129,7 @@ def serve(options: ServerOptions, out: TextIO = sys.stdout) -> int:
     url = f"http://{shown_host}:{port}"
     config = uvicorn.Config(
         build_app(state),
-        http=http_implementation(),
+        http=coalesce.protocol_class() if options.coalesce else implementation_name(),
         lifespan="on",
         access_log=False,
         log_config=None,
@@ -148,7 +146,7 @@ def serve(options: ServerOptions, out: TextIO = sys.stdout) -> int:
             await asyncio.sleep(0.005)
         if server.started:
             info = describe(state, url)
-            info["http"] = config.http
+            info["http"] = implementation_name() + (" (coalescing)" if options.coalesce else "")
             if options.json_banner:
                 out.write(READY_PREFIX + json.dumps(info) + "\n")
                 out.flush()

@@ -61,7 +61,7 @@ class Ingested:
 
 @dataclass(frozen=True, slots=True)
 class EventInput:
-    quantity: Decimal
+    quantity: Decimal | int
     timestamp: datetime | None
     idempotency_key: str | None
     metadata: dict[str, Any] | None
@@ -129,7 +129,7 @@ class Service:
 
     # -- ingestion ----------------------------------------------------------------------------
 
-    def _object(self, body: bytes) -> dict[str, Any]:
+    def parse_object(self, body: bytes) -> dict[str, Any]:
         if len(body) > MAX_BODY:
             raise ApiError(413, "Request body too large")
         try:
@@ -140,13 +140,13 @@ class Service:
             raise self.invalid("body: expected a JSON object")
         return data
 
-    def _required(self, data: Mapping[str, Any], name: str) -> str:
-        value = self._string(data, name)
+    def required_string(self, data: Mapping[str, Any], name: str) -> str:
+        value = self.optional_string(data, name)
         if value is None:
             raise self.invalid(f"{name}: field required")
         return value
 
-    def _string(self, data: Mapping[str, Any], name: str) -> str | None:
+    def optional_string(self, data: Mapping[str, Any], name: str) -> str | None:
         value = data.get(name)
         if value is None:
             return None
@@ -170,7 +170,7 @@ class Service:
                 timestamp = parse_timestamp(raw_ts)
             except ValueError as exc:
                 raise self.invalid(f"timestamp: {exc}") from None
-        key = self._string(data, "idempotency_key")
+        key = self.optional_string(data, "idempotency_key")
         metadata = data.get("metadata")
         meta_text = None
         if metadata is not None:
@@ -244,9 +244,9 @@ class Service:
     def track(self, api_key: str | None, body: bytes) -> Ingested:
         """``POST /api/v1/sdk/track``."""
         key = self.api_key(api_key, WRITE_SCOPE)
-        data = self._object(body)
-        token = self._required(data, "meter_token")
-        external_id = self._required(data, "customer_external_id")
+        data = self.parse_object(body)
+        token = self.required_string(data, "meter_token")
+        external_id = self.required_string(data, "customer_external_id")
         item = self._event_input(data)
         meter = self.store.meters_by_token.get(token)
         if meter is None or meter.org_id != key.org_id:
@@ -258,9 +258,9 @@ class Service:
     def usage(self, cookie_header: str | None, body: bytes) -> Ingested:
         """``POST /api/v1/usage`` (dashboard JWT, internal ids)."""
         org = self.jwt_org(cookie_header)
-        data = self._object(body)
-        meter_id = self._required(data, "meter_id")
-        customer_id = self._required(data, "customer_id")
+        data = self.parse_object(body)
+        meter_id = self.required_string(data, "meter_id")
+        customer_id = self.required_string(data, "customer_id")
         item = self._event_input(data)
         meter = self.store.meters_by_id.get(meter_id)
         if meter is None or meter.org_id != org.id:

@@ -120,6 +120,7 @@ class Store:
         self.meters_by_id: dict[str, Meter] = {}
         self.customers_by_ext: dict[tuple[str, str], Customer] = {}
         self.customers_by_id: dict[str, Customer] = {}
+        self._idempotency_keys: set[tuple[str, str]] = set()  # skips a SELECT per new event
         self._load_caches()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -151,6 +152,11 @@ class Store:
             "SELECT id, org_id, external_id, name, email, created_at FROM customers"
         ):
             self._cache_customer(Customer(*row))
+        self._idempotency_keys.update(
+            c.execute(
+                "SELECT org_id, idempotency_key FROM events WHERE idempotency_key IS NOT NULL"
+            )
+        )
 
     def _cache_meter(self, meter: Meter) -> None:
         old = self.meters_by_id.get(meter.id)
@@ -243,6 +249,8 @@ class Store:
     # -- events -------------------------------------------------------------------------------
 
     def find_idempotent(self, org_id: str, key: str) -> EventRow | None:
+        if (org_id, key) not in self._idempotency_keys:
+            return None
         row = self._conn.execute(
             f"SELECT {_EVENT_COLUMNS} FROM events WHERE org_id = ? AND idempotency_key = ?",
             (org_id, key),
@@ -283,6 +291,8 @@ class Store:
             source,
         )
         cursor = self._write(_INSERT_EVENT, params)
+        if idempotency_key is not None:
+            self._idempotency_keys.add((org_id, idempotency_key))
         seq = cursor.lastrowid or 0
         return EventRow(seq, *params)
 
@@ -348,6 +358,7 @@ class Store:
         self._write("DELETE FROM events")
         self._write("DELETE FROM customers WHERE seeded = 0")
         self.commit()
+        self._idempotency_keys.clear()
         seeded = {row[0] for row in self._conn.execute("SELECT id FROM customers WHERE seeded = 1")}
         for customer in list(self.customers_by_id.values()):
             if customer.id not in seeded:

@@ -17,9 +17,12 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant)
+
+
 def loads(body: bytes) -> Any:
     """Parse JSON keeping decimals exact and refusing NaN/Infinity."""
-    return json.loads(body, parse_float=Decimal, parse_constant=_reject_constant)
+    return _DECODER.decode(body.decode())
 
 
 def _default(value: object) -> object:
@@ -32,8 +35,10 @@ def dumps(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":"), default=_default).encode()
 
 
-def format_decimal(value: Decimal) -> str:
+def format_decimal(value: Decimal | int) -> str:
     """Plain notation, no exponent, no trailing fractional zeros: 1.50 -> "1.5", 1E+3 -> "1000"."""
+    if isinstance(value, int):
+        return str(value)
     text = format(value, "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")
@@ -46,10 +51,16 @@ def decimal_to_number(value: Decimal) -> int | float:
     return float(value)
 
 
-def parse_quantity(value: object) -> Decimal:
+def parse_quantity(value: object) -> Decimal | int:
     """A finite JSON number > 0 (bool and strings refused). Raises ValueError with the reason."""
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         raise ValueError("must be a number")
+    if isinstance(value, int):  # the common case, exact already
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        if value > MAX_QUANTITY:
+            raise ValueError("must be at most 1e18")
+        return value
     try:
         number = value if isinstance(value, Decimal) else Decimal(value)
     except (InvalidOperation, ValueError):  # pragma: no cover - float inf/nan only
