@@ -1,0 +1,1 @@
+"""fluxdemo: a small API billed per organisation with fluxrate-web."""
