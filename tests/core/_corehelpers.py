@@ -45,6 +45,7 @@ class ScriptedServer:
     ledger: dict[str, dict[str, Any]] = field(default_factory=dict)
     connections: int = 0
     port: int = 0
+    ssl_context: Any = None
     _loop: asyncio.AbstractEventLoop | None = None
     _server: asyncio.base_events.Server | None = None
     _thread: threading.Thread | None = None
@@ -53,7 +54,8 @@ class ScriptedServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> ScriptedServer:
         ready = threading.Event()
@@ -62,7 +64,7 @@ class ScriptedServer:
             loop = asyncio.new_event_loop()
             self._loop = loop
             self._server = loop.run_until_complete(
-                asyncio.start_server(self._handle, "127.0.0.1", 0)
+                asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.ssl_context)
             )
             self.port = self._server.sockets[0].getsockname()[1]
             ready.set()
@@ -190,3 +192,122 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.01)
     return predicate()
+
+
+def make_certificate(directory: str) -> tuple[str, str] | None:
+    """A throwaway self-signed certificate for localhost/127.0.0.1 (``openssl`` CLI), or None."""
+    import os
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return None
+    cert = os.path.join(directory, "cert.pem")
+    key = os.path.join(directory, "key.pem")
+    result = subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        capture_output=True,
+        check=False,
+    )
+    return (cert, key) if result.returncode == 0 else None
+
+
+class ConnectProxy:
+    """A minimal HTTP CONNECT proxy on a thread: tunnels bytes, counts tunnels, can demand
+    ``Proxy-Authorization``."""
+
+    def __init__(self, require_auth: str | None = None) -> None:
+        self.require_auth = require_auth
+        self.tunnels: list[str] = []
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __enter__(self) -> ConnectProxy:
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = self._loop = asyncio.new_event_loop()
+            server = loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+            self.port = server.sockets[0].getsockname()[1]
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                server.close()
+                for task in self._tasks:
+                    task.cancel()
+                loop.run_until_complete(asyncio.sleep(0.05))
+                loop.run_until_complete(server.wait_closed())
+                loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        ready.wait(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None
+        assert self._thread is not None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        upstream_writer = None
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+            method, target, _ = head.split("\r\n")[0].split(" ", 2)
+            if self.require_auth and f"Proxy-Authorization: {self.require_auth}" not in head:
+                writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
+                await writer.drain()
+                return
+            if method != "CONNECT":
+                writer.write(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+                await writer.drain()
+                return
+            host, port = target.rsplit(":", 1)
+            self.tunnels.append(target)
+            up_reader, upstream_writer = await asyncio.open_connection(host.strip("[]"), int(port))
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            await writer.drain()
+
+            async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+                try:
+                    while data := await src.read(65536):
+                        dst.write(data)
+                        await dst.drain()
+                finally:
+                    dst.close()
+
+            await asyncio.gather(
+                pipe(reader, upstream_writer), pipe(up_reader, writer), return_exceptions=True
+            )
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            if upstream_writer is not None:
+                upstream_writer.close()
+            writer.close()
