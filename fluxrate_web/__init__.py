@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from fluxrate_web._version import __version__
 
 if TYPE_CHECKING:
+    from fluxrate_web.core.client import FluxrateClient
     from fluxrate_web.core.config import Config, load_config
     from fluxrate_web.core.errors import (
         APIError,

@@ -26,6 +26,9 @@ Path = tuple[str | int, ...]
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _STR_TAG = "tag:yaml.org,2002:str"
+_SCALAR_TAGS = frozenset(
+    f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null", "timestamp")
+)
 _MAX_DEPTH = 64
 _REF = re.compile(r"\$\$\{|\$\{([^}]*)\}")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -178,8 +181,9 @@ class _Builder:
 
     def _scalar(self, node: yaml.ScalarNode, path: Path, line: int) -> Any:
         tag = node.tag
-        if tag.startswith("!") or not tag.startswith("tag:yaml.org,2002:"):
-            raise YamlProblem(line, path, f"unsupported tag {tag}")
+        if tag not in _SCALAR_TAGS:
+            shown = tag.replace("tag:yaml.org,2002:", "!!")
+            raise YamlProblem(line, path, f"unsupported tag {shown}")
         try:
             value = self._constructor.construct_object(node, deep=True)
         except yaml.YAMLError as exc:

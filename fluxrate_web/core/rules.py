@@ -590,10 +590,16 @@ class RequestRules:
             return self.exempted
         if decorated:
             meters = tuple(self._from_decorator(rule) for rule in decorated)
-            first = meters[0]
-            # The first decorator's customer / bill_on is the plan's (used by record() too).
-            resolver = first.resolver
-            billable = first.billable
+            # When every decorator names the same customer (or bill_on), it is the plan's (and
+            # record()'s); otherwise the plan keeps the configuration's and each meter its own.
+            resolver = meters[0].resolver
+            if resolver is None or any(
+                m.resolver is None or m.resolver.specs != resolver.specs for m in meters
+            ):
+                resolver = None
+            billable = meters[0].billable
+            if any(m.billable != billable for m in meters):
+                billable = None
             return self._plan(
                 meters,
                 exempt=False,
