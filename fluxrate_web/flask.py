@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import click
 from flask import Blueprint, Flask, Response, current_app, g, has_request_context, request
-from flask.cli import AppGroup
+from flask.cli import AppGroup, ScriptInfo
 from flask.views import MethodView, View
 from werkzeug.wsgi import ClosingIterator
 
@@ -622,7 +622,7 @@ def _marker(blueprint: Blueprint) -> Callable[[], None]:
         return None
 
     marker.__module__ = blueprint.import_name
-    marker.__qualname__ = marker.__name__ = f"<blueprint {blueprint.name}>"
+    marker.__qualname__ = marker.__name__ = f"meter_blueprint({blueprint.name!r})"
     return marker
 
 
@@ -755,16 +755,25 @@ fluxrate_cli = AppGroup(
 )
 
 
-def _current_state() -> FluxrateState:
-    state = current_app.extensions.get(_KEY)
+def _load_state(ctx: click.Context) -> FluxrateState:
+    """The app's state; a configuration error becomes a one-line message, not a traceback
+    (when the group is found before the app is loaded, through the ``flask.commands`` entry
+    point)."""
+    try:
+        app = ctx.ensure_object(ScriptInfo).load_app()
+    except ConfigError as exc:
+        raise click.ClickException(f"invalid Fluxrate configuration: {exc}") from None
+    state = app.extensions.get(_KEY)
     if not isinstance(state, FluxrateState):
-        raise click.ClickException("Fluxrate is not set up on this app (call init_app).")
+        raise click.ClickException(
+            "Fluxrate is not set up on this app: call Fluxrate(app) or fluxrate.init_app(app)."
+        )
     return state
 
 
 def route_rows(state: FluxrateState, *, show_all: bool) -> tuple[list[tuple[str, ...]], list[str]]:
-    """``(method, rule, endpoint, meter, quantity, customer)`` per route and meter, and the
-    configuration errors met on the way."""
+    """``(method, rule, endpoint, meter, quantity, customer, source)`` per route and meter, and
+    the configuration errors met on the way."""
     rows: list[tuple[str, ...]] = []
     errors: list[str] = []
     rules = sorted(state.app.url_map.iter_rules(), key=lambda r: (r.rule, r.endpoint))
@@ -777,12 +786,14 @@ def route_rows(state: FluxrateState, *, show_all: bool) -> tuple[list[tuple[str,
                 plan = state.plan(rule, method)
             except ConfigError as exc:
                 errors.append(str(exc))
-                rows.append((method, rule.rule, rule.endpoint, "(error)", "", ""))
+                rows.append((method, rule.rule, rule.endpoint, "(error)", "", "", str(exc)))
                 continue
             if plan is None or plan.exempt or not plan.meters:
                 if show_all:
-                    label = "(exempt)" if plan is not None and plan.exempt else "-"
-                    rows.append((method, rule.rule, rule.endpoint, label, "", ""))
+                    exempt = plan is not None and plan.exempt
+                    label = "(exempt)" if exempt else "-"
+                    source = plan.source if plan is not None and exempt else ""
+                    rows.append((method, rule.rule, rule.endpoint, label, "", "", source))
                 continue
             for item in plan.meters:
                 resolver = item.resolver if item.resolver is not None else plan.resolver
@@ -794,6 +805,7 @@ def route_rows(state: FluxrateState, *, show_all: bool) -> tuple[list[tuple[str,
                         item.name,
                         item.quantity.description,
                         resolver.description,
+                        plan.source,
                     )
                 )
     return rows, errors
@@ -810,46 +822,53 @@ def _table(rows: list[tuple[str, ...]], headers: tuple[str, ...]) -> list[str]:
     return lines
 
 
-@fluxrate_cli.command("routes")
-@click.option("--all", "show_all", is_flag=True, help="Also list routes that bill nothing.")
-def routes_command(show_all: bool) -> None:
-    """List every route with its meters, customer resolver and quantity."""
-    state = _current_state()
-    rows, errors = route_rows(state, show_all=show_all)
-    headers = ("Methods", "Rule", "Endpoint", "Meter", "Quantity", "Customer")
+@fluxrate_cli.command("routes", with_appcontext=False)
+@click.option("--all", "show_all", is_flag=True, help="Also list the routes that bill nothing.")
+@click.pass_context
+def routes_command(ctx: click.Context, show_all: bool) -> None:
+    """List every route with its meters, quantity and customer resolver.
+
+    Usage added with record() inside a view is not listed: it is known only at run time."""
+    state = _load_state(ctx)
+    with state.app.app_context():
+        rows, errors = route_rows(state, show_all=show_all)
+    headers = ("Method", "Rule", "Endpoint", "Meter", "Quantity", "Customer", "Rule source")
     for line in _table(rows, headers):
         click.echo(line)
     for error in errors:
         click.secho(f"Error: {error}", fg="red", err=True)
     if errors:
-        raise SystemExit(1)
+        ctx.exit(1)
 
 
-@fluxrate_cli.command("check")
-def check_command() -> None:
+@fluxrate_cli.command("check", with_appcontext=False)
+@click.pass_context
+def check_command(ctx: click.Context) -> None:
     """Validate the Fluxrate configuration and every route's @meter rules."""
-    state = _current_state()
+    state = _load_state(ctx)
     try:
         metering = state.extension.load(state.app, client=_NullClient())
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-    rows, errors = route_rows(state, show_all=False)
+    except ConfigError as exc:  # the app.config changed since init_app
+        raise click.ClickException(f"invalid Fluxrate configuration: {exc}") from None
+    with state.app.app_context():
+        rows, errors = route_rows(state, show_all=False)
+    for error in errors:
+        click.secho(f"Error: {error}", fg="red", err=True)
     if errors:
-        for error in errors:
-            click.secho(f"Error: {error}", fg="red", err=True)
-        raise SystemExit(1)
+        ctx.exit(1)
     config = metering.config
     described = config.describe()
-    click.echo(f"Configuration OK ({config.source})")
-    click.echo(f"  api_key: {described['api_key']}")
-    click.echo(f"  base_url: {described['base_url']}")
+    click.echo(f"Configuration OK: {config.source}")
+    for key in ("api_key", "base_url", "customer", "bill_on", "on_missing_customer"):
+        click.echo(f"  {key}: {described[key]}")
     click.echo(f"  meters: {', '.join(sorted(config.meters)) or '(none)'}")
-    click.echo(f"  customer: {described['customer']}")
-    click.echo(f"  bill_on: {described['bill_on']}")
-    routes = sorted({(row[0], row[1]) for row in rows})
-    click.echo(f"  metered routes: {len(routes)}")
-    if not config.api_key and not config.access_token and config.enabled:
-        click.secho("Warning: no api_key: events cannot be delivered.", fg="yellow", err=True)
+    click.echo(f"  metered routes: {len({(row[0], row[1]) for row in rows})}")
+    if config.enabled and not config.api_key and not config.access_token:
+        click.secho(
+            "Warning: no api_key (FLUXRATE_API_KEY): events cannot be delivered.",
+            fg="yellow",
+            err=True,
+        )
 
 
 class _NullClient:
