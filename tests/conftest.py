@@ -3,7 +3,8 @@
 ``devserver``: one server per test session (per xdist worker) with the four meters
 api_calls (SUM), peak (MAX), seats (UNIQUE_COUNT) and level (LAST).
 ``fluxrate_server``: the same server, reset (no events, customers, counters or faults)
-before the test.
+before the test; its faults are cleared again after it, so a test that injects faults
+never leaks them into a test that uses ``devserver`` directly.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def devserver() -> Iterator[DevServer]:
 
 
 @pytest.fixture
-def fluxrate_server(devserver: DevServer) -> DevServer:
+def fluxrate_server(devserver: DevServer) -> Iterator[DevServer]:
     devserver.reset()
-    return devserver
+    yield devserver
+    devserver.clear_faults()

@@ -138,6 +138,12 @@ def build_app(state: DevState) -> ASGIApp:
     # -- API (Starlette-routed) ---------------------------------------------------------------
 
     @_api
+    async def post_track(request: Request) -> Response:
+        # POSTs are served by DevServerApp._track; this route makes other methods a 405.
+        body = await request.body()
+        return _ingest_reply(service.track(request.headers.get("x-api-key"), body))
+
+    @_api
     async def post_usage(request: Request) -> Response:
         service.usage_requests += 1
         body = await request.body()
@@ -365,6 +371,7 @@ def build_app(state: DevState) -> ASGIApp:
     routes = [
         Route("/", dashboard, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
+        Route(TRACK_PATH, post_track, methods=["POST"]),
         Route("/api/v1/usage", post_usage, methods=["POST"]),
         Route("/api/v1/meters/{meter_id}/usage", meter_usage, methods=["GET"]),
         Route("/api/v1/meters/{meter_id}/events", meter_events, methods=["GET"]),
