@@ -639,7 +639,9 @@ class RequestRules:
                     "match": rule.describe_match(),
                     "methods": ",".join(sorted(rule.methods)) if rule.methods else "*",
                     "meters": meters,
-                    "customer": compiled.customer.description if compiled.customer else "-",
+                    "customer": (
+                        compiled.customer.description if compiled.customer else "(default)"
+                    ),
                     "bill_on": rule.bill_on or "-",
                 }
             )
