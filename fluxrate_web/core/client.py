@@ -90,12 +90,16 @@ class ClientStats:
 
     @property
     def _c(self) -> Counters:
-        return self._client._counters
+        client = self._client
+        if client._pid != os.getpid():
+            client._after_fork()
+        return client._counters
 
     @property
     def enqueued(self) -> int:
+        taken = self._c.taken
         lane = self._client._lane
-        return self._c.taken + (len(lane.queue) if lane is not None else 0)
+        return taken + (len(lane.queue) if lane is not None else 0)
 
     @property
     def delivered(self) -> int:
@@ -119,6 +123,7 @@ class ClientStats:
 
     @property
     def pending(self) -> int:
+        self._c  # noqa: B018  # (the fork check)
         lane = self._client._lane
         return lane.pending if lane is not None and not lane.closed else 0
 
