@@ -44,7 +44,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal, InvalidOperation
 from typing import Any, Final, Literal, cast, get_args
 
-from fluxrate_web.core.events import UsageEvent
+from fluxrate_web.core.events import MAX_QUANTITY, UsageEvent
 
 __all__ = [
     "AggregationSpec",
@@ -231,53 +231,60 @@ class WindowAggregator:
             return False
         kind, window_ms = spec
         try:
-            folded = self._prepare(kind, window_ms, customer_external_id, quantity, timestamp,
-                                   metadata, idempotency_key)  # fmt: skip
+            prepared = self._prepare(kind, window_ms, customer_external_id, quantity, timestamp,
+                                     metadata, idempotency_key)  # fmt: skip
         except Exception:  # invalid input of any kind: the single-event path reports it
-            folded = None
-        if folded is None:
+            prepared = None
+        if prepared is not None:
+            value, ts_ms, meta = prepared
+            start_ms = ts_ms - ts_ms % window_ms
+            end_ms = start_ms + window_ms
+            key: _Key = (meter_token, customer_external_id, meta)
             with self._lock:
-                self._bypassed += 1
-            return False
-        value, ts_ms, meta = folded
-        start_ms = ts_ms - ts_ms % window_ms
-        end_ms = start_ms + window_ms
-        key: _Key = (meter_token, customer_external_id, meta)
-        with self._lock:
-            window = self._windows.get(end_ms)
-            bucket = window.get(key) if window is not None else None
-            if bucket is not None:
-                _fold(kind, bucket, value, ts_ms)
-                self._folded += 1
-                return True
-        # A new aggregate: validate the usage as a whole once (not per fold), outside the lock.
-        if not _valid_event(meter_token, customer_external_id, quantity, ts_ms, metadata):
-            with self._lock:
-                self._bypassed += 1
-            return False
-        with self._lock:
-            window = self._windows.get(end_ms)
-            if window is None:
-                window = self._windows[end_ms] = {}
-            bucket = window.get(key)
-            if bucket is not None:  # another thread opened it meanwhile
-                _fold(kind, bucket, value, ts_ms)
-            else:
-                if self._open >= self._max_open:
-                    self._bypassed += 1
+                window = self._windows.get(end_ms)
+                bucket = window.get(key) if window is not None else None
+                if bucket is not None:
+                    if _fold(kind, bucket, value, ts_ms):
+                        self._folded += 1
+                        return True
+                    self._bypassed += 1  # the sum would leave the valid range
                     return False
-                window[key] = _Bucket(meter_token, customer_external_id, meta, start_ms,
-                                      self._seq, value, ts_ms)  # fmt: skip
-                self._seq += 1
-                self._open += 1
-                if end_ms <= self._emitted_until.get(meter_token, -1):
-                    self._late += 1
-            self._folded += 1
+            # A new aggregate: validate the usage as a whole (once per aggregate, not per fold)
+            # outside the lock, exactly as the single-event path would.
+            if _valid_event(meter_token, customer_external_id, quantity, ts_ms, metadata):
+                with self._lock:
+                    return self._open_or_fold(kind, key, start_ms, end_ms, value, ts_ms)
+        with self._lock:
+            self._bypassed += 1
+        return False
+
+    def _open_or_fold(
+        self, kind: str, key: _Key, start_ms: int, end_ms: int, value: Any, ts_ms: int
+    ) -> bool:
+        """Under the lock: open the aggregate (or fold, if another thread opened it meanwhile)."""
+        window = self._windows.get(end_ms)
+        if window is None:
+            window = self._windows[end_ms] = {}
+        bucket = window.get(key)
+        if bucket is not None:
+            if not _fold(kind, bucket, value, ts_ms):
+                self._bypassed += 1
+                return False
+        elif self._open >= self._max_open:
+            self._bypassed += 1
+            return False
+        else:
+            window[key] = _Bucket(key[0], key[1], key[2], start_ms, self._seq, value, ts_ms)
+            self._seq += 1
+            self._open += 1
+            if end_ms <= self._emitted_until.get(key[0], -1):
+                self._late += 1
+        self._folded += 1
         return True
 
     def due(self, now: float | None = None) -> list[UsageEvent]:
         """The aggregates of windows that have closed (end + grace <= now), oldest first."""
-        now_ms = _seconds_to_ms(self._clock() if now is None else now)
+        now_ms = math.floor((self._clock() if now is None else now) * 1000)
         cutoff = now_ms - self._grace_ms
         with self._lock:
             ends = [end for end in self._windows if end <= cutoff]
@@ -321,22 +328,25 @@ class WindowAggregator:
         idempotency_key: str | None,
     ) -> tuple[Any, int, str] | None:
         """Validate cheaply and normalise: (value to fold, epoch ms, canonical metadata)."""
-        if idempotency_key is not None or not isinstance(customer, str) or not customer:
+        if idempotency_key is not None or type(customer) is not str or not customer:
             return None
-        if isinstance(quantity, bool) or not isinstance(quantity, int | float | Decimal):
-            return None
-        if not (quantity > 0 and math.isfinite(quantity)):
-            return None
+        kind_q = type(quantity)
+        if kind_q is int or kind_q is float or kind_q is Decimal:
+            # NaN and infinities fail too; Decimal NaN raises (caught by add()).
+            if not 0 < quantity <= MAX_QUANTITY:
+                return None
+        else:
+            return None  # bool, str, numpy scalars...: the single-event path decides
         value: Any = quantity
-        if kind == "SUM" and isinstance(quantity, float):
+        if kind_q is float and kind == "SUM":
             # The wire carries a float as its repr: sum exactly those decimals, not the binary
             # approximations (0.1 + 0.2 is 0.3 here, as it is in the server's Decimal column).
             value = Decimal(repr(quantity))
         if timestamp is None:
-            ts_ms = _seconds_to_ms(self._clock())
+            ts_ms = math.floor(self._clock() * 1000)
         else:
             ts_ms = _epoch_ms(timestamp)
-            if ts_ms > _seconds_to_ms(self._clock()) + window_ms:
+            if ts_ms > math.floor(self._clock() * 1000) + window_ms:
                 return None  # far future: would sit in memory; send it singly
         if metadata:
             if type(metadata) is not dict:
@@ -412,12 +422,17 @@ def aggregate_key(
     return "agg_" + hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def _fold(kind: str, b: _Bucket, value: Any, ts_ms: int) -> None:
+def _fold(kind: str, b: _Bucket, value: Any, ts_ms: int) -> bool:
+    """Fold one value into an open aggregate (under the lock). False if a sum would exceed the
+    largest valid quantity: the usage then goes singly and the aggregate stays valid."""
     if kind == "SUM":
-        if isinstance(value, int) and isinstance(b.value, int):
-            b.value += value
+        if type(value) is int and type(b.value) is int:
+            total: Any = b.value + value
         else:
-            b.value = _DECIMAL.add(b.value, value)
+            total = _DECIMAL.add(b.value, value)
+        if total > MAX_QUANTITY:
+            return False
+        b.value = total
     elif kind == "MAX":
         if value > b.value:
             b.value = value
@@ -426,10 +441,25 @@ def _fold(kind: str, b: _Bucket, value: Any, ts_ms: int) -> None:
     if ts_ms > b.ts_ms:
         b.ts_ms = ts_ms
     b.count += 1
+    return True
+
+
+_ts_prefix: tuple[str, int] = ("", 0)  # last "YYYY-MM-DDTHH:MM:SS" seen -> its epoch ms
 
 
 def _epoch_ms(timestamp: datetime | str | float) -> int:
-    if isinstance(timestamp, str):
+    global _ts_prefix
+    if type(timestamp) is str:
+        # Fast path for the canonical form UsageEvent produces: 2026-11-27T15:14:24.123Z
+        if len(timestamp) == 24 and timestamp[19] == "." and timestamp[23] == "Z":
+            digits = timestamp[20:23]
+            if digits.isdigit():
+                prefix = timestamp[:19]
+                cached = _ts_prefix
+                if cached[0] != prefix:
+                    seconds = datetime.fromisoformat(prefix).replace(tzinfo=UTC)
+                    cached = _ts_prefix = (prefix, (seconds - _EPOCH) // _MS)
+                return cached[1] + int(digits)
         timestamp = datetime.fromisoformat(timestamp)
     if isinstance(timestamp, datetime):
         if timestamp.tzinfo is None:
@@ -437,12 +467,8 @@ def _epoch_ms(timestamp: datetime | str | float) -> int:
         return (timestamp - _EPOCH) // _MS
     if isinstance(timestamp, bool) or not isinstance(timestamp, int | float):
         raise TypeError("timestamp")
-    return _seconds_to_ms(timestamp)
-
-
-def _seconds_to_ms(t: float) -> int:
-    """Epoch seconds to epoch ms, truncated the way ``UsageEvent`` stamps them (a test checks)."""
-    return math.floor(t * 1000)
+    # epoch seconds, truncated to ms the way UsageEvent stamps them (a test checks)
+    return math.floor(timestamp * 1000)
 
 
 def _iso(ms: int) -> str:

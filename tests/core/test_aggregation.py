@@ -469,16 +469,40 @@ def test_reset_after_fork_gives_a_new_instance_and_empty_state() -> None:
     assert e.quantity == 1
 
 
-def test_a_broken_aggregate_is_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+def test_sums_stay_within_the_valid_quantity_range() -> None:
     agg, _ = make("SUM")
     big = 10**29
-    for _ in range(20):  # each usage is valid; the sum exceeds UsageEvent's 1e30 bound
-        agg.add(TOKEN, "c", big, timestamp=BASE_MS / 1000)
-    agg.add(TOKEN, "ok", 1, timestamp=BASE_MS / 1000)
+    folded = [agg.add(TOKEN, "c", big, timestamp=BASE_MS / 1000) for _ in range(12)]
+    assert folded == [True] * 10 + [False] * 2  # the 11th would pass 1e30: it goes singly
+    assert not agg.add(TOKEN, "c", 10**31, timestamp=BASE_MS / 1000)  # into an open aggregate
+    assert not agg.add(TOKEN, "c", Decimal("Infinity"), timestamp=BASE_MS / 1000)
+    (e,) = agg.drain()
+    assert e.quantity == 10**30
+    assert agg.stats.bypassed == 4
+
+
+def test_a_broken_aggregate_is_logged_and_counted(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fluxrate_web.core import aggregation
+
+    agg, _ = make("SUM")
+    for customer in ("bad", "ok"):
+        for _ in range(20):
+            agg.add(TOKEN, customer, 1, timestamp=BASE_MS / 1000)
+    real_key = aggregation.aggregate_key
+
+    def key(meter: str, customer: str, *rest: Any) -> str:
+        if customer == "bad":
+            raise RuntimeError("boom")
+        return real_key(meter, customer, *rest)
+
+    monkeypatch.setattr(aggregation, "aggregate_key", key)
     with caplog.at_level("ERROR", logger="fluxrate_web"):
         events = agg.drain()
     assert [e.customer_external_id for e in events] == ["ok"]
     assert agg.stats.failed == 1
+    assert agg.stats.open == 0
     assert "20 usages" in caplog.text
 
 
