@@ -260,21 +260,28 @@ class Metering:
         *,
         handler: object | None = None,
         name: str | None = None,
+        defaults: tuple[object, ...] = (),
     ) -> RoutePlan:
-        """The plan for a route, cached per ``(template, method, endpoint, handler, name)``.
+        """The plan for a route, cached per ``(template, method, endpoint, handler, name)``
+        (and ``defaults``).
+
+        ``defaults`` are group-level ``@meter`` markers (e.g. a Flask blueprint's), outermost
+        first: they apply like ``@meter`` on the view, except a meter the view bills itself.
 
         Pass ``handler`` as the function found on the class (``type(view).get``), not a bound
         method: bound methods work but are normalised on every call. Raises
         :class:`ConfigError` the first time it meets a ``@meter`` naming an unknown meter.
         """
-        key = (template, method, endpoint, handler, name)
+        key = (template, method, endpoint, handler, name, defaults)
         try:
             return self._cache[key]
         except KeyError:
             pass
         except TypeError:  # an unhashable endpoint: plan without caching
-            return self.rules.plan(template, method, endpoint, handler=handler, name=name)
-        return self._route_miss(template, method, endpoint, handler, name)
+            return self.rules.plan(
+                template, method, endpoint, handler=handler, name=name, defaults=defaults
+            )
+        return self._route_miss(template, method, endpoint, handler, name, defaults)
 
     def _route_miss(
         self,
@@ -283,20 +290,37 @@ class Metering:
         endpoint: object | None,
         handler: object | None,
         name: str | None,
+        defaults: tuple[object, ...],
     ) -> RoutePlan:
-        cache = True
         if handler is not None and getattr(handler, "__self__", None) is not None:
             func = getattr(handler, "__func__", None)
             if func is not None:
+                # A bound method is new on every request: cache under its function only.
                 handler = func
-                key = (template, method, endpoint, handler, name)
-                plan = self._cache.get(key)
+                plan = self._cache.get((template, method, endpoint, handler, name, defaults))
                 if plan is not None:
                     return plan
-        plan = self.rules.plan(template, method, endpoint, handler=handler, name=name)
-        if cache and len(self._cache) < 65536:
-            self._cache[(template, method, endpoint, handler, name)] = plan
+        plan = self.rules.plan(
+            template, method, endpoint, handler=handler, name=name, defaults=defaults
+        )
+        if len(self._cache) < 65536:
+            self._cache[(template, method, endpoint, handler, name, defaults)] = plan
         return plan
+
+    @staticmethod
+    def enter_scope(scope: ScopeToken) -> Token[ScopeToken | None]:
+        """Make an open scope current again (e.g. around each chunk of a streamed body that is
+        iterated after the view returned), so ``record()`` adds to it. O(1). Pair with
+        :meth:`exit_scope`."""
+        return _SCOPE.set(scope)
+
+    @staticmethod
+    def exit_scope(token: Token[ScopeToken | None]) -> None:
+        """Undo :meth:`enter_scope`. Never raises."""
+        try:
+            _SCOPE.reset(token)
+        except (ValueError, RuntimeError):
+            _SCOPE.set(None)
 
     def validate_views(self, views: Iterable[object]) -> None:
         """Check the ``@meter`` rules of ``views`` now (at startup) instead of on their first
@@ -346,18 +370,53 @@ class Metering:
         enqueued. Never raises: problems are logged (rate-limited) and counted.
 
         ``completed`` is false when the client went away before the response was sent in full;
-        ``error`` is true when the app raised. Async resolvers or quantity sources are skipped
-        here (and counted): call :meth:`finish_async` when ``plan.needs_async``.
+        ``error`` is true when the app raised. ``customer`` skips the resolvers: a string is the
+        customer, ``""`` means "already resolved: nobody" (the events are dropped and counted).
+        Async resolvers or quantity sources are skipped here (and counted): call
+        :meth:`finish_async` when ``plan.needs_async``.
         """
         try:
-            if not self._close(scope):
+            # Close the scope (inlined: this runs on every request).
+            if scope.closed:
                 warn_limited(
                     "finish-twice", "Metering.finish() called twice for one request; ignored"
                 )
                 return 0
-            if not plan.meters and not scope:
-                return 0
-            if not self.enabled:
+            scope.closed = True
+            token = scope.token
+            if token is not None:
+                scope.token = None
+                try:
+                    _SCOPE.reset(token)
+                except (ValueError, RuntimeError):  # finished from another context
+                    if _SCOPE.get() is scope:
+                        _SCOPE.set(None)
+            if not scope:
+                meters = plan.meters
+                if not meters or not self.enabled:
+                    return 0
+                if plan.fast:
+                    # Constant quantities, static metadata, one customer and bill_on for all.
+                    if (
+                        status not in plan.billable
+                        or (error and not plan.bill_on_exception)
+                        or (not completed and not plan.bill_on_disconnect)
+                    ):
+                        return 0
+                    who = customer if customer is not None else plan.customer(view)
+                    if not who:
+                        self._missing(plan, len(meters))
+                        return 0
+                    header = self._idempotency_header
+                    if header is None or not view.header(header):
+                        track = self.client.track
+                        sent = 0
+                        for meter in meters:
+                            if track(meter.token, who, meter.constant, metadata=meter.metadata):  # type: ignore[arg-type]
+                                sent += 1
+                        return sent
+                    customer = who
+            elif not self.enabled:
                 return 0
             return self._bill(
                 plan,
@@ -560,7 +619,9 @@ class Metering:
         plan_billable = plan.is_billable(status, completed, error)
         if plan.uniform and not plan_billable:
             return 0  # the common "not billed" case: a 4xx/5xx under bill_on: 2xx
-        request_customer = self._customer(plan, view, resolved) if customer is None else customer
+        request_customer = (
+            self._customer(plan, view, resolved) if customer is None else (customer or None)
+        )
         if info is None and (plan.needs_info or records):
             info = ResponseInfo(
                 view,
@@ -590,7 +651,7 @@ class Metering:
             ):
                 continue
             if meter.resolver is None or customer is not None:
-                who = request_customer
+                who = request_customer  # an explicit customer="" means "resolved: nobody"
             else:
                 who = self._customer(meter, view, resolved)
             if who is None:

@@ -345,6 +345,7 @@ class RoutePlan:
         "billable",
         "customer",
         "exempt",
+        "fast",
         "meters",
         "needs_async",
         "needs_info",
@@ -380,6 +381,9 @@ class RoutePlan:
         self.needs_info = any(m.constant is None or m.metadata_fn is not None for m in meters)
         # every meter shares the plan's customer and bill_on: one check per request
         self.uniform = all(m.resolver is None and m.billable is None for m in meters)
+        # constant quantities, static metadata, shared customer and bill_on, nothing async:
+        # Metering.finish() takes its short path
+        self.fast = self.uniform and not self.needs_info and not self.needs_async
         # the sync resolver, bound once: plan.customer(view) -> str | None
         self.customer: Callable[[RequestView], str | None] = resolver.resolve
 
@@ -546,13 +550,27 @@ class RequestRules:
                         yield found
 
     def decorator_rules(
-        self, endpoint: object | None, handler: object | None
+        self, endpoint: object | None, handler: object | None, defaults: Iterable[object] = ()
     ) -> tuple[MeterRule, ...]:
+        """The ``@meter`` rules of a view, then those of its group ``defaults`` (objects carrying
+        ``@meter`` metadata, outermost first, e.g. a Flask blueprint's marker). A default whose
+        meter the view itself (or a more inner default) already bills is dropped."""
         seen: list[MeterRule] = []
         for obj in self._objects(endpoint, handler):
             for rule in rules_of(obj):
                 if not any(rule is other for other in seen):
                     seen.append(rule)
+        if defaults:
+            billed = {rule.meter for rule in seen if not rule.exempt}
+            extra: list[MeterRule] = []
+            for obj in reversed(tuple(defaults)):  # innermost first
+                for rule in rules_of(obj):
+                    if any(rule is other for other in seen) or any(rule is o for o in extra):
+                        continue
+                    if rule.exempt or rule.meter not in billed:
+                        extra.append(rule)
+                        billed.add(rule.meter)
+            seen.extend(reversed(extra))
         return tuple(seen)
 
     def decorated_meters(
@@ -575,13 +593,16 @@ class RequestRules:
         *,
         handler: object | None = None,
         name: str | None = None,
+        defaults: tuple[object, ...] = (),
     ) -> RoutePlan:
-        """The plan for one route and method (uncached; see ``Metering.route``)."""
+        """The plan for one route and method (uncached; see ``Metering.route``).
+
+        ``defaults``: group-level markers (see :meth:`decorator_rules`)."""
         if not self.config.enabled:
             return self.exempted
         route = normalize_route(template) if template is not None else None
         method = method.upper()
-        decorated = self.decorator_rules(endpoint, handler)
+        decorated = self.decorator_rules(endpoint, handler, defaults)
         if any(rule.exempt for rule in decorated):
             return self.exempted
         if route is not None and any(pattern.matches(route) for pattern in self.exclude):
@@ -617,7 +638,9 @@ class RequestRules:
                     resolver=compiled.customer,
                     billable=billable_statuses(rule.bill_on) if rule.bill_on else None,
                 )
-        if self.default and (route is not None or endpoint is not None or name is not None):
+        if self.default and (
+            route is not None or endpoint is not None or name is not None or handler is not None
+        ):
             return self._plan(self.default, exempt=False, source="default_meter")
         return self.empty
 

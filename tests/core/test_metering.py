@@ -546,3 +546,65 @@ def test_default_client_is_a_fluxrate_client() -> None:
         assert "org_live_test" not in repr(metering.client)
     finally:
         metering.close(timeout=0)
+
+
+def test_group_defaults() -> None:
+    @meter("api_calls")
+    def blueprint_marker() -> None: ...
+
+    @meter("ai_tokens", quantity=5)
+    def inner_marker() -> None: ...
+
+    @meter.exempt
+    def exempt_marker() -> None: ...
+
+    @meter("ai_tokens", quantity=2)
+    def own_view() -> None: ...
+
+    def plain_view() -> None: ...
+
+    metering, _ = make(default_meter=None)
+    plan = metering.route("/a", "GET", plain_view, defaults=(blueprint_marker,))
+    assert [m.name for m in plan.meters] == ["api_calls"]
+    plan = metering.route("/a", "GET", own_view, defaults=(blueprint_marker, inner_marker))
+    assert [(m.name, m.constant) for m in plan.meters] == [("ai_tokens", 2), ("api_calls", 1)]
+    plan = metering.route("/b", "GET", plain_view, defaults=(inner_marker, blueprint_marker))
+    assert sorted(m.name for m in plan.meters) == ["ai_tokens", "api_calls"]
+    assert metering.route("/c", "GET", own_view, defaults=(exempt_marker,)).exempt
+    defaults = (blueprint_marker,)
+    assert metering.route("/a", "GET", plain_view, defaults=defaults) is metering.route(
+        "/a", "GET", plain_view, defaults=defaults
+    )
+
+
+def test_enter_and_exit_scope_for_streamed_bodies() -> None:
+    metering, client = make(default_meter=None)
+    scope = metering.open_scope()
+    plan = metering.route("/stream", "GET")
+    outside = contextvars.Context()
+
+    def chunk() -> None:
+        token = metering.enter_scope(scope)
+        try:
+            record("ai_tokens", 3)
+        finally:
+            metering.exit_scope(token)
+
+    outside.run(chunk)
+    outside.run(chunk)
+    assert metering.finish(plan, CUSTOMER, scope, status=200) == 2
+    assert client.events.total("ai_tokens") == 6
+
+
+def test_empty_customer_means_resolved_nobody() -> None:
+    class NoResolving(View):
+        def header(self, name: str) -> str | None:
+            if name == "x-customer-id":
+                raise AssertionError("resolvers must not run")
+            return None
+
+    metering, client = make()
+    assert run(metering, NoResolving(), customer="") == 0
+    assert client.stats.dropped == 1
+    assert run(metering, NoResolving(), customer="", app=lambda: record("ai_tokens", 1)) == 0
+    assert client.events == []
