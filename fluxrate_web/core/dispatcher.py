@@ -162,6 +162,7 @@ class Lane:
         self._stopping = False
         self.closed = False
         self._failed_batch: list[dict[str, Any]] = []
+        self.wakeups = 0  # cross-thread wake-ups scheduled by submit() (benchmarks read it)
         self._flush_scheduled = False
 
     # ------------------------------------------------------------ any thread
@@ -175,6 +176,7 @@ class Lane:
         self.queue.append(event)
         if self._idle and not self._wake_pending:
             self._wake_pending = True
+            self.wakeups += 1
             try:
                 self.loop.call_soon_threadsafe(self._kick)
             except RuntimeError:  # loop closed under us: the closer writes the queue out
@@ -257,7 +259,7 @@ class Lane:
             try:
                 assert self._transport is not None
                 response = await self._transport.request(data)
-                outcome = classify(response, secrets=self.wire.secrets)
+                outcome = classify(response, secrets=self.wire.secrets, want_record=False)
             except TransportError as exc:
                 outcome = classify_exception(exc, secrets=self.wire.secrets)
             if outcome.kind == DELIVERED:

@@ -507,17 +507,22 @@ def _detail(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
 _DEDUP_HEADERS = (b"idempotent-replayed", b"x-idempotent-replayed", b"x-idempotent-replay")
 
 
-def classify(response: Response, *, secrets: Iterable[str | None] = ()) -> Outcome:
+def classify(
+    response: Response, *, secrets: Iterable[str | None] = (), want_record: bool = True
+) -> Outcome:
     """Sort a response: 201 (and other 2xx) delivered; 200 with the original record, or a
     ``*Idempotent-Replay*: true`` header, or 409 deduplicated; 408/429/5xx retry (with
-    ``Retry-After``); any other status permanent."""
+    ``Retry-After``); any other status permanent. ``want_record=False`` skips decoding the
+    JSON body of a success (the dispatcher only needs the verdict)."""
     status = response.status
     if 200 <= status < 300:
-        try:
-            data = json.loads(response.body) if response.body else {}
-        except ValueError:
-            data = {}
-        record = data if isinstance(data, dict) else {"data": data}
+        record: dict[str, Any] | None = None
+        if want_record:  # the background path does not need the server's record
+            try:
+                data = json.loads(response.body) if response.body else {}
+            except ValueError:
+                data = {}
+            record = data if isinstance(data, dict) else {"data": data}
         replayed = any(
             k.lower() in _DEDUP_HEADERS and v.strip().lower() in (b"true", b"1")
             for k, v in response.headers
