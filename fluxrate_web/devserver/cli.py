@@ -73,6 +73,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--keep-alive", type=float, default=60.0, metavar="SECONDS", help="idle keep-alive"
     )
     parser.add_argument(
+        "--http",
+        default="auto",
+        choices=("auto", "httptools", "h11"),
+        help="uvicorn's HTTP/1.1 parser (auto: httptools when installed)",
+    )
+    parser.add_argument(
+        "--loop",
+        default="auto",
+        choices=("auto", "uvloop", "asyncio"),
+        help="event loop (auto: uvloop when installed)",
+    )
+    parser.add_argument(
         "--no-coalesce",
         action="store_true",
         help="let uvicorn write each response head and body separately (for benchmarks)",
@@ -115,9 +127,11 @@ def run(args: argparse.Namespace) -> int:
         json_banner=args.json,
         log_level=args.log_level,
         coalesce=not args.no_coalesce,
+        http=args.http,
+        loop=args.loop,
     )
     try:
         return serve(options)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         print(f"fluxrate-web devserver: {exc}", file=sys.stderr)
         return 1

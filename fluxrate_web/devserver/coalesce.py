@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-from typing import Any
+from typing import Any, cast
 
 _HTTPTOOLS = importlib.util.find_spec("httptools") is not None
 
@@ -88,22 +88,38 @@ class CoalescingTransport(asyncio.Transport):
         self._inner.write_eof()
 
 
-def protocol_class() -> type[asyncio.Protocol]:
-    """uvicorn's HTTP/1.1 protocol (httptools when installed, else h11) with coalescing."""
+def resolve_http(http: str = "auto") -> str:
+    """``auto`` -> ``httptools`` when installed, else ``h11``."""
+    if http == "auto":
+        return "httptools" if _HTTPTOOLS else "h11"
+    if http == "httptools" and not _HTTPTOOLS:
+        raise ValueError("--http httptools: httptools is not installed")
+    return http
+
+
+def protocol_class(http: str = "auto") -> type[asyncio.Protocol]:
+    """uvicorn's HTTP/1.1 protocol class (``httptools`` or ``h11``) with coalescing writes."""
     base: Any
-    if _HTTPTOOLS:
+    if resolve_http(http) == "httptools":
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
-    else:  # pragma: no cover - httptools is installed in development
+    else:
         from uvicorn.protocols.http.h11_impl import H11Protocol as base
 
     class CoalescingProtocol(base):  # type: ignore[misc]
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            assert isinstance(transport, asyncio.Transport)
-            super().connection_made(CoalescingTransport(transport, self.loop))
+            # uvloop's transports do not subclass asyncio.Transport but implement it
+            inner = cast(asyncio.Transport, transport)
+            super().connection_made(CoalescingTransport(inner, self.loop))
 
     CoalescingProtocol.__name__ = f"Coalescing{base.__name__}"
     return CoalescingProtocol
 
 
-def implementation_name() -> str:
-    return "httptools" if _HTTPTOOLS else "h11"
+def resolve_loop(loop: str = "auto") -> str:
+    """``auto`` -> ``uvloop`` when installed, else ``asyncio``."""
+    has_uvloop = importlib.util.find_spec("uvloop") is not None
+    if loop == "auto":
+        return "uvloop" if has_uvloop else "asyncio"
+    if loop == "uvloop" and not has_uvloop:
+        raise ValueError("--loop uvloop: uvloop is not installed")
+    return loop

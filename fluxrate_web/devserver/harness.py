@@ -10,11 +10,13 @@ import http.client
 import json
 import os
 import selectors
+import shlex
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import IO, Any, Self
@@ -24,6 +26,15 @@ from fluxrate_web.devserver import jwt
 from fluxrate_web.devserver.models import DEFAULT_METERS, WRITE_SCOPE
 
 READY_PREFIX = "FLUXRATE_DEVSERVER_READY "
+
+
+def _terminate(process: subprocess.Popen[str], log: IO[bytes]) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+    log.close()
 
 
 class DevServerError(RuntimeError):
@@ -66,6 +77,7 @@ class DevServer:
         self.startup_timeout = startup_timeout
         self._process: subprocess.Popen[str] | None = None
         self._log: IO[bytes] | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
         self.info: dict[str, Any] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -87,7 +99,9 @@ class DevServer:
             args += ["--fault-seed", str(self.fault_seed)]
         if self.db is not None:
             args += ["--db", self.db]
-        return args + self.extra_args
+        # FLUXRATE_DEVSERVER_ARGS: extra flags for every DevServer (e.g. "--loop asyncio")
+        env_args = shlex.split(os.environ.get("FLUXRATE_DEVSERVER_ARGS", ""))
+        return args + env_args + self.extra_args
 
     def start(self) -> Self:
         if self._process is not None:
@@ -102,6 +116,8 @@ class DevServer:
             text=True,
             env=env,
         )
+        # a DevServer dropped without stop() must not leave an orphan server behind
+        self._finalizer = weakref.finalize(self, _terminate, self._process, self._log)
         try:
             self.info = self._wait_ready()
         except BaseException:
@@ -133,6 +149,10 @@ class DevServer:
                     )
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after ``timeout``) and close its pipes."""
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
         process, self._process = self._process, None
         if process is not None:
             if process.poll() is None:

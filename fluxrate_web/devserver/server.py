@@ -14,7 +14,6 @@ import uvicorn
 
 from fluxrate_web.devserver import coalesce, jwt
 from fluxrate_web.devserver.app import DevState, build_app
-from fluxrate_web.devserver.coalesce import implementation_name
 from fluxrate_web.devserver.faults import FaultInjector, FaultSettings
 from fluxrate_web.devserver.seed import Seed
 from fluxrate_web.devserver.service import Service
@@ -38,6 +37,8 @@ class ServerOptions:
     json_banner: bool = False
     log_level: str = "warning"
     coalesce: bool = True
+    http: str = "auto"
+    loop: str = "auto"
 
 
 def build_state(options: ServerOptions) -> DevState:
@@ -122,6 +123,8 @@ def serve(options: ServerOptions, out: TextIO = sys.stdout) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    http = coalesce.resolve_http(options.http)
+    loop = coalesce.resolve_loop(options.loop)
     state = build_state(options)
     sock = bind_socket(options.host, options.port)
     host, port = sock.getsockname()[:2]
@@ -129,7 +132,7 @@ def serve(options: ServerOptions, out: TextIO = sys.stdout) -> int:
     url = f"http://{shown_host}:{port}"
     config = uvicorn.Config(
         build_app(state),
-        http=coalesce.protocol_class() if options.coalesce else implementation_name(),
+        http=coalesce.protocol_class(http) if options.coalesce else http,
         lifespan="on",
         access_log=False,
         log_config=None,
@@ -146,7 +149,8 @@ def serve(options: ServerOptions, out: TextIO = sys.stdout) -> int:
             await asyncio.sleep(0.005)
         if server.started:
             info = describe(state, url)
-            info["http"] = implementation_name() + (" (coalescing)" if options.coalesce else "")
+            info["http"] = http + (" (coalescing)" if options.coalesce else "")
+            info["loop"] = loop
             if options.json_banner:
                 out.write(READY_PREFIX + json.dumps(info) + "\n")
                 out.flush()
@@ -155,7 +159,12 @@ def serve(options: ServerOptions, out: TextIO = sys.stdout) -> int:
         await task
 
     try:
-        asyncio.run(main())
+        if loop == "uvloop":
+            import uvloop
+
+            uvloop.run(main())
+        else:
+            asyncio.run(main())
     except KeyboardInterrupt:  # pragma: no cover - second Ctrl-C
         pass
     finally:

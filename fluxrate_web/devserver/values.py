@@ -86,7 +86,10 @@ def parse_timestamp(value: object) -> datetime:
         raise ValueError("must be an ISO-8601 date-time string") from None
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must be an ISO-8601 date-time between years 1 and 9999") from None
 
 
 def format_timestamp(moment: datetime) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -174,3 +176,13 @@ def test_a_response_is_written_in_one_send(devserver: DevServer) -> None:
             head, _, rest = data.partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 404")
             assert rest == b'{"detail":"Meter not found"}'
+
+
+def test_a_forgotten_devserver_is_killed_when_collected() -> None:
+    server = DevServer(meters={"api_calls": "SUM"}).start()
+    pid = server.pid
+    assert pid is not None
+    del server
+    gc.collect()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

@@ -228,6 +228,7 @@ MISSING = object()
         ("timestamp", "yesterday", "timestamp: must be an ISO-8601 date-time string"),
         ("timestamp", 1736937000, "timestamp: must be an ISO-8601 date-time string"),
         ("timestamp", "2025-13-01T00:00:00Z", "timestamp: must be an ISO-8601"),
+        ("timestamp", "9999-12-31T23:30:00-01:00", "timestamp: must be an ISO-8601"),
         ("idempotency_key", "", "idempotency_key: expected a non-empty string"),
         ("idempotency_key", 7, "idempotency_key: expected a non-empty string"),
         ("metadata", ["a"], "metadata: expected a JSON object"),
