@@ -55,7 +55,7 @@ def myapp(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
     package.billing = billing  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "myapp", package)
     monkeypatch.setitem(sys.modules, "myapp.billing", billing)
-    yield billing
+    return billing
 
 
 def test_configuration_has_examples() -> None:
