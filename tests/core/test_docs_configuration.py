@@ -7,7 +7,6 @@ import re
 import subprocess
 import sys
 import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,7 +33,7 @@ def blocks(name: str, lang: str) -> list[tuple[int, str]]:
 
 
 @pytest.fixture
-def myapp(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
+def myapp(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     """The `myapp.billing` module the examples name."""
     package = types.ModuleType("myapp")
     package.__path__ = []
