@@ -595,7 +595,7 @@ def usages_strategy(kind: str) -> st.SearchStrategy[tuple[int, int, list[Usage],
 
 
 @pytest.mark.parametrize("kind", TYPES)
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_aggregation_bills_exactly_what_raw_usages_bill(kind: str, data: st.DataObject) -> None:
     window_s, span, usages, script = data.draw(usages_strategy(kind))
