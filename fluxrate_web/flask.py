@@ -43,7 +43,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import click
-from flask import Blueprint, Flask, Response, current_app, g, has_request_context, request
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    g,
+    has_app_context,
+    has_request_context,
+    request,
+)
 from flask.cli import AppGroup, ScriptInfo
 from flask.views import MethodView, View
 from werkzeug.wsgi import ClosingIterator
@@ -105,12 +114,25 @@ class FlaskRequestView:
 
     __slots__ = ("_app", "_environ", "_g", "_user", "native")
 
-    def __init__(self, native: Any, g_object: object, app: Flask) -> None:
+    def __init__(self, native: Any, app: Flask, *, bind: bool = False) -> None:
         self.native: Any = native
         self._environ: Mapping[str, Any] = native.environ
-        self._g = g_object
         self._app = app
         self._user: object | None = _UNSET
+        # flask.g of the request: fetched when first needed, or now (``bind``) for a view used
+        # after the request context is gone
+        self._g: object | None = self._current_g() if bind else None
+
+    @staticmethod
+    def _current_g() -> object | None:
+        if not has_app_context():
+            return None
+        return g._get_current_object()  # type: ignore[no-any-return]
+
+    def _globals(self) -> object | None:
+        if self._g is None:
+            self._g = self._current_g()
+        return self._g
 
     def header(self, name: str) -> str | None:
         value = self._environ.get(_environ_key(name))
@@ -124,7 +146,7 @@ class FlaskRequestView:
         return value if isinstance(value, str) else None
 
     def state(self, name: str) -> object | None:
-        value = getattr(self._g, name, None)
+        value = getattr(self._globals(), name, None)
         if value is None:
             view_args = getattr(self.native, "view_args", None)
             if view_args:
@@ -139,7 +161,7 @@ class FlaskRequestView:
     def _load_user(self) -> object | None:
         who: object | None
         if getattr(self._app, "login_manager", None) is not None:
-            who = getattr(self._g, "_login_user", None)  # what Flask-Login already loaded
+            who = getattr(self._globals(), "_login_user", None)  # what Flask-Login loaded
             login = sys.modules.get("flask_login")
             if who is None and login is not None and has_request_context():
                 try:
@@ -148,7 +170,7 @@ class FlaskRequestView:
                     logger.debug("Flask-Login's current_user failed", exc_info=True)
                     who = None
         else:
-            who = getattr(self._g, "user", None)
+            who = getattr(self._globals(), "user", None)
         if who is None or not _is_authenticated(who):
             return None
         return who
@@ -521,10 +543,8 @@ class FluxrateState:
             return rv
 
         app.full_dispatch_request = full_dispatch_request  # type: ignore[method-assign]
-        app.preprocess_request = preprocess_request  # type: ignore[method-assign]
-
-    def _view(self, req: Any) -> FlaskRequestView:
-        return FlaskRequestView(req, g._get_current_object(), self.app)
+        if getattr(metering.rules, "reject", True):  # on_missing_customer: reject
+            app.preprocess_request = preprocess_request  # type: ignore[method-assign]
 
     def _customer(self, plan: RoutePlan, view: FlaskRequestView) -> str | None:
         try:
@@ -537,7 +557,7 @@ class FluxrateState:
             return None
 
     def _reject(self, req: Any, plan: RoutePlan) -> Any:
-        customer = self._customer(plan, self._view(req))
+        customer = self._customer(plan, FlaskRequestView(req, self.app))
         if customer is not None:
             req.environ[_CUSTOMER_KEY] = customer
             return None
@@ -553,47 +573,80 @@ class FluxrateState:
         try:
             plan = entry.plan
             assert plan is not None
+            if response.is_streamed and not _buffered_wsgi_body(response):
+                status = response.status_code
+                if req.method != "HEAD" and status >= 200 and status not in _NO_BODY_STATUS:
+                    self._defer(req, plan, scope, started, response)
+                    return
             environ = req.environ
-            view = self._view(req)
-            status = response.status_code
-            streamed = response.is_streamed
-            if streamed and _buffered_wsgi_body(response):
-                streamed = False
-            if (
-                streamed
-                and req.method != "HEAD"
-                and status >= 200
-                and status not in _NO_BODY_STATUS
-            ):
-                customer = environ.get(_CUSTOMER_KEY)
-                if customer is None:
-                    customer = self._customer(plan, view)  # while g and current_user are live
-                _detach_scope(scope)
-                pending = _PendingStream(
-                    self.app,
-                    self.metering,
+            view = FlaskRequestView(req, self.app)
+            if plan.needs_async or (scope and plan.resolver.is_async):
+                self._finish_async(req, plan, view, scope, started, response)
+            elif plan.needs_info:  # a quantity or metadata from the request or the response
+                self.metering.finish(
                     plan,
                     view,
                     scope,
-                    status=status,
-                    headers=response.headers.get,
+                    status=response.status_code,
                     request_bytes=_request_bytes(environ),
-                    started=started,
-                    customer=customer,
+                    response_bytes=_response_bytes(response),
+                    response_headers=response.headers.get,
+                    duration_ms=(time.perf_counter() - started) * 1000.0,
+                    customer=environ.get(_CUSTOMER_KEY),
                 )
-                response.response = _MeteredBody(response.response, pending)
-                return
-            kwargs = {
-                "status": status,
-                "request_bytes": _request_bytes(environ),
-                "response_bytes": 0 if streamed else _response_bytes(response),
-                "response_headers": response.headers.get,
-                "duration_ms": (time.perf_counter() - started) * 1000.0,
-                "customer": environ.get(_CUSTOMER_KEY),
-            }
-            _call_finish(self.app, self.metering, plan, view, scope, kwargs)
+            else:  # the common case: constant quantities
+                self.metering.finish(
+                    plan,
+                    view,
+                    scope,
+                    status=response.status_code,
+                    customer=environ.get(_CUSTOMER_KEY),
+                )
         except Exception:  # pragma: no cover - the seam never raises; this is belt and braces
             logger.exception("fluxrate: metering a Flask response failed")
+
+    def _finish_async(
+        self,
+        req: Any,
+        plan: RoutePlan,
+        view: FlaskRequestView,
+        scope: ScopeToken,
+        started: float,
+        response: Response,
+    ) -> None:
+        kwargs = {
+            "status": response.status_code,
+            "request_bytes": _request_bytes(req.environ),
+            "response_bytes": _response_bytes(response),
+            "response_headers": response.headers.get,
+            "duration_ms": (time.perf_counter() - started) * 1000.0,
+            "customer": req.environ.get(_CUSTOMER_KEY),
+        }
+        _call_finish(self.app, self.metering, plan, view, scope, kwargs)
+
+    def _defer(
+        self, req: Any, plan: RoutePlan, scope: ScopeToken, started: float, response: Response
+    ) -> None:
+        """Bill a streamed response when its body is done: wrap the body."""
+        environ = req.environ
+        view = FlaskRequestView(req, self.app, bind=True)  # usable after the context is gone
+        customer = environ.get(_CUSTOMER_KEY)
+        if customer is None:
+            customer = self._customer(plan, view)  # while g and current_user are live
+        _detach_scope(scope)
+        pending = _PendingStream(
+            self.app,
+            self.metering,
+            plan,
+            view,
+            scope,
+            status=response.status_code,
+            headers=response.headers.get,
+            request_bytes=_request_bytes(environ),
+            started=started,
+            customer=customer,
+        )
+        response.response = _MeteredBody(response.response, pending)
 
     def _finish_error(self, req: Any, entry: _Route, scope: ScopeToken, started: float) -> None:
         try:
@@ -606,7 +659,8 @@ class FluxrateState:
                 "error": True,
                 "customer": req.environ.get(_CUSTOMER_KEY),
             }
-            _call_finish(self.app, self.metering, plan, self._view(req), scope, kwargs)
+            view = FlaskRequestView(req, self.app)
+            _call_finish(self.app, self.metering, plan, view, scope, kwargs)
         except Exception:  # pragma: no cover
             logger.exception("fluxrate: metering a failed Flask request failed")
 
