@@ -26,7 +26,7 @@ if __name__ == "__main__":  # run as a script: this file's folder must not shado
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here.parent]
     sys.path[:0] = [str(_here.parents[1]), str(_here.parents[2])]
 
-from overhead_cases import lazy, sink_url, wsgi_request  # noqa: E402
+from overhead_cases import lazy, sink_url, wsgi_request
 
 PATH = "/v1/items/42"
 METER_TOKEN = "0b8f6d6e-2c1a-4f5e-9a53-3f3c8d9e7a10"
