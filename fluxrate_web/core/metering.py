@@ -171,7 +171,7 @@ def derive_idempotency_key(request_key: str, meter_token: str, customer: str, in
     return f"req_{digest}"
 
 
-_EMPTY_RECORDS: tuple[tuple[str, Any, Any, Any], ...] = ()
+_FAILED = object()  # an async quantity source that raised (already counted)
 
 
 class Metering:
@@ -491,8 +491,14 @@ class Metering:
                 if meter.resolver is not None and meter.resolver.is_async:
                     resolved[id(meter.resolver)] = await meter.resolver.resolve_async(view)
                 if meter.quantity.is_async and meter.quantity.source is not None:
-                    value = meter.quantity.source(info)
-                    resolved[id(meter)] = await value  # type: ignore[misc]
+                    try:
+                        resolved[id(meter)] = await meter.quantity.source(info)  # type: ignore[misc]
+                    except Exception as exc:
+                        self._drop(
+                            f"meter {meter.name!r}: quantity source "
+                            f"{meter.quantity.description} raised {type(exc).__name__}: {exc}"
+                        )
+                        resolved[id(meter)] = _FAILED
             return self._bill(
                 plan,
                 view,
@@ -557,6 +563,8 @@ class Metering:
         """The meter's quantity, ``None`` when unknown (dropped), ``False`` for zero."""
         if resolved is not None and id(meter) in resolved:
             raw = resolved[id(meter)]
+            if raw is _FAILED:
+                return None  # already counted
         elif meter.quantity.is_async:
             self._drop(
                 f"meter {meter.name!r}: async quantity source {meter.quantity.description} "
@@ -565,7 +573,14 @@ class Metering:
             return None
         else:
             assert meter.quantity.source is not None
-            raw = meter.quantity.source(info)
+            try:
+                raw = meter.quantity.source(info)
+            except Exception as exc:
+                self._drop(
+                    f"meter {meter.name!r}: quantity source {meter.quantity.description} raised "
+                    f"{type(exc).__name__}: {exc}"
+                )
+                return None
         if raw is None:
             self._drop(f"meter {meter.name!r}: no quantity from {meter.quantity.description}")
             return None
@@ -583,7 +598,11 @@ class Metering:
         if meter.metadata_fn is None:
             return meter.metadata
         assert info is not None
-        value = meter.metadata_fn(info.view.native, info)
+        try:
+            value = meter.metadata_fn(info.view.native, info)
+        except Exception as exc:
+            self._drop(f"meter {meter.name!r}: metadata callable raised {type(exc).__name__}")
+            return None
         if value is None or isinstance(value, Mapping):
             return value
         self._drop(f"meter {meter.name!r}: metadata callable returned {type(value).__name__}")

@@ -26,6 +26,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
+from fluxrate_web.core._log import warn_limited
 from fluxrate_web.core.errors import ConfigError
 
 __all__ = [
@@ -191,49 +192,81 @@ def _authenticated(user: object) -> bool:
     return bool(flag)
 
 
+def _failed(spec: str, exc: BaseException) -> None:
+    warn_limited(
+        f"resolver-failed:{spec}",
+        "customer resolver %s raised %s: %s; treated as no customer",
+        spec,
+        type(exc).__name__,
+        exc,
+    )
+
+
 def _compile_one(spec: CustomerSpec, where: str) -> tuple[Callable[[RequestView], Any], bool]:
-    """Compile one spec to ``(function of view, returns_awaitable)``."""
+    """Compile one spec to ``(function of view, returns_awaitable)``. The functions never
+    raise: an exception is logged (rate-limited) and means "no customer"."""
     if not isinstance(spec, str):
         func = spec
         is_async = is_async_callable(func)
+        label = describe_resolver((func,))
 
-        def call_native(view: RequestView, _f: Callable[..., Any] = func) -> Any:
-            return _f(view.native)
+        def call_native(view: RequestView, _f: Callable[..., Any] = func, _l: str = label) -> Any:
+            try:
+                return _f(view.native)
+            except Exception as exc:
+                _failed(_l, exc)
+                return None
 
         return call_native, is_async
     kind, _, arg = spec.partition(":")
     if kind == "header":
         lowered = arg.lower()
 
-        def header(view: RequestView, _n: str = lowered) -> str | None:
-            value = view.header(_n)
-            return value or None
+        def header(view: RequestView, _n: str = lowered, _s: str = spec) -> str | None:
+            try:
+                return view.header(_n) or None
+            except Exception as exc:
+                _failed(_s, exc)
+                return None
 
         return header, False
     if kind == "query":
 
-        def query(view: RequestView, _n: str = arg) -> str | None:
-            value = view.query(_n)
-            return value or None
+        def query(view: RequestView, _n: str = arg, _s: str = spec) -> str | None:
+            try:
+                return view.query(_n) or None
+            except Exception as exc:
+                _failed(_s, exc)
+                return None
 
         return query, False
     if kind == "user":
         parts = tuple(arg.split("."))
 
-        def user(view: RequestView, _p: tuple[str, ...] = parts) -> str | None:
-            who = view.user()
-            if who is None or not _authenticated(who):
+        def user(view: RequestView, _p: tuple[str, ...] = parts, _s: str = spec) -> str | None:
+            try:
+                who = view.user()
+                if who is None or not _authenticated(who):
+                    return None
+                return _coerce(_walk(who, _p))
+            except Exception as exc:
+                _failed(_s, exc)
                 return None
-            return _coerce(_walk(who, _p))
 
         return user, False
     if kind == "state":
         first, *rest = arg.split(".")
         tail = tuple(rest)
 
-        def state(view: RequestView, _n: str = first, _p: tuple[str, ...] = tail) -> str | None:
-            value = view.state(_n)
-            return _coerce(_walk(value, _p) if _p else value)
+        def state(
+            view: RequestView, _n: str = first, _p: tuple[str, ...] = tail, _s: str = spec
+        ) -> str | None:
+            try:
+                value = view.state(_n)
+                return _coerce(_walk(value, _p) if _p else value)
+            except Exception as exc:
+                _failed(_s, exc)
+                return None
 
         return state, False
     if kind == "callable":
@@ -271,24 +304,37 @@ class CustomerResolver:
             self.resolve = self._resolve_many
 
     def _resolve_many(self, view: RequestView) -> str | None:
-        for func, is_async in self._funcs:
+        for index, (func, is_async) in enumerate(self._funcs):
             if is_async:
                 continue
             value = func(view)
             if inspect.isawaitable(value):  # a sync-looking callable that returned a coroutine
                 _discard(value)
                 continue
-            text = _coerce(value)
+            try:
+                text = _coerce(value)
+            except Exception as exc:  # a __str__ that raises
+                _failed(describe_resolver(self.specs[index : index + 1]), exc)
+                continue
             if text is not None:
                 return text
         return None
 
     async def resolve_async(self, view: RequestView) -> str | None:
-        for func, _is_async in self._funcs:
+        """Resolve, awaiting async callables. Never raises (an exception means "nobody")."""
+        for index, (func, _is_async) in enumerate(self._funcs):
             value = func(view)
             if inspect.isawaitable(value):
-                value = await value
-            text = _coerce(value)
+                try:
+                    value = await value
+                except Exception as exc:
+                    _failed(describe_resolver(self.specs[index : index + 1]), exc)
+                    continue
+            try:
+                text = _coerce(value)
+            except Exception as exc:  # a __str__ that raises
+                _failed(describe_resolver(self.specs[index : index + 1]), exc)
+                continue
             if text is not None:
                 return text
         return None

@@ -391,28 +391,78 @@ class Exploding:
 
 
 def test_finish_never_raises(caplog: pytest.LogCaptureFixture) -> None:
-    metering, _ = make()
-    with caplog.at_level(logging.ERROR, logger="fluxrate_web"):
+    metering, client = make()
+    with caplog.at_level(logging.WARNING, logger="fluxrate_web"):
         assert run(metering, Exploding()) == 0  # type: ignore[arg-type]
-    assert metering.errors == 1
-    assert "RuntimeError: boom" in caplog.text
+    # a failing resolver means "no customer": counted and logged, not an internal error
+    assert metering.errors == 0
+    assert client.stats.dropped == 1
+    assert "customer resolver header:X-Customer-Id raised RuntimeError: boom" in caplog.text
 
     class BrokenClient(CapturingClient):
         def track(self, *args: Any, **kwargs: Any) -> Any:
             raise OSError("disk full")
 
     broken = Metering(metering.config, client=BrokenClient())
-    assert run(broken, CUSTOMER) == 0
+    with caplog.at_level(logging.ERROR, logger="fluxrate_web"):
+        assert run(broken, CUSTOMER) == 0
     assert broken.errors == 1
+    assert "OSError: disk full" in caplog.text
 
     def bad_quantity(request: object, response: object) -> int:
-        raise ZeroDivisionError
+        raise ZeroDivisionError("nope")
 
-    metering, _ = make(endpoints=[{"route": "/q", "meter": "api_calls", "quantity": bad_quantity}])
-    assert run(metering, CUSTOMER, "/q") == 0
-    assert metering.errors == 1
+    def bad_metadata(request: object, response: object) -> dict[str, str]:
+        raise KeyError("k")
+
+    def bad_customer(request: object) -> str:
+        raise LookupError("who")
+
+    @meter("api_calls", metadata=bad_metadata)
+    def view() -> None: ...
+
+    metering, client = make(
+        endpoints=[
+            {
+                "route": "/q",
+                "meters": [{"meter": "api_calls", "quantity": bad_quantity}, "ai_tokens"],
+            }
+        ]
+    )
+    assert run(metering, CUSTOMER, "/q") == 1  # the other meter is still billed
+    assert metering.errors == 0
+    assert "raised ZeroDivisionError: nope" in client.dropped[0]
+    assert run(metering, CUSTOMER, endpoint=view) == 1  # billed without metadata
+    assert client.events[-1].metadata is None
+    metering, client = make(customer=[bad_customer, "header:X-Customer-Id"])
+    assert run(metering, CUSTOMER) == 1  # falls back past the failing resolver
     # a broken plan argument is survived too
     assert metering.finish(None, CUSTOMER, metering.open_scope(), status=200) == 0  # type: ignore[arg-type]
+    assert metering.errors == 1
+
+
+def test_failing_async_sources() -> None:
+    async def who(request: object) -> str:
+        raise RuntimeError("down")
+
+    async def how_much(request: object, response: Any) -> int:
+        raise RuntimeError("down")
+
+    metering, client = make(
+        customer=[who, "header:X-Customer-Id"],
+        endpoints=[
+            {"route": "/a", "meters": [{"meter": "ai_tokens", "quantity": how_much}, "api_calls"]}
+        ],
+    )
+    plan = metering.route("/a", "GET")
+
+    async def request() -> int:
+        assert await plan.customer_async(CUSTOMER) == "cust_1"
+        return await metering.finish_async(plan, CUSTOMER, metering.open_scope(), status=200)
+
+    assert asyncio.run(request()) == 1
+    assert client.stats.dropped == 1
+    assert metering.errors == 0
 
 
 def test_happy_path_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
