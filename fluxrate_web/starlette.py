@@ -355,6 +355,7 @@ class FluxrateMiddleware:
         self._root: object = None
         self._index: _RouteIndex | None = None
         self._index_misses: set[object] = set()
+        self._plans: dict[tuple[object, ...], tuple[object, object, RoutePlan]] = {}
 
     # -- ASGI entry point ---------------------------------------------------------------
 
@@ -380,9 +381,15 @@ class FluxrateMiddleware:
             await self.app(scope, exchange.receive_from(receive), exchange.send)
         except BaseException as exc:
             if not exchange.finished:
-                # Never await while an exception or a cancellation unwinds.
-                exchange.finish(False, not _is_disconnect(exc), may_await=False)
+                # The seam's flags: completed=False means the client went away, error=True
+                # that the app raised. Never await while an exception or cancellation unwinds.
+                if _is_disconnect(exc):
+                    exchange.finish(False, False, may_await=False)
+                else:
+                    exchange.finish(True, True, may_await=False)
             raise
+        finally:
+            scope.pop(_SCOPE_KEY, None)  # no scope <-> exchange cycle left for the GC
         if not exchange.finished:
             # The app returned without completing the response (the client went away and
             # the app stopped streaming): finished, not completed.
@@ -426,13 +433,37 @@ class FluxrateMiddleware:
     ) -> RoutePlan:
         """The seam's plan for the route the router chose (read from the scope, after routing).
 
+        ``root_path`` is the scope's ``root_path`` when the request entered the middleware.
         ``carriers`` are objects holding ``@meter`` rules added at run time (FastAPI
-        ``Depends(metered(...))``); they are handed to the seam as the handler."""
+        ``Depends(metered(...))``); they are handed to the seam as the handler.
+
+        Cached per (route object, FastAPI include context, method, mount prefix): after the
+        first request of a route this is one dict lookup."""
+        route = scope.get("route")
+        if route is None or carriers:
+            return self._plan_slow(scope, root_path, carriers)[0]
+        fastapi_scope = scope.get("fastapi")
+        ctx = fastapi_scope.get("effective_route_context") if fastapi_scope else None
+        key = (id(route), id(ctx), scope["method"], scope.get("root_path", ""), root_path)
+        hit = self._plans.get(key)
+        if hit is not None and hit[0] is route and hit[1] is ctx:
+            return hit[2]
+        plan, cacheable = self._plan_slow(scope, root_path, ())
+        if cacheable and len(self._plans) < 4096:
+            self._plans[key] = (route, ctx, plan)
+        return plan
+
+    def _plan_slow(
+        self, scope: Scope, root_path: str, carriers: tuple[object, ...]
+    ) -> tuple[RoutePlan, bool]:
+        """The plan, and whether it may be cached by concrete mount prefix (no path parameters
+        in the mounts)."""
         method: str = scope["method"]
         route = scope.get("route")
         endpoint = scope.get("endpoint")
         template: str | None = None
         name: str | None = None
+        cacheable = True
         if route is not None:
             local = None
             fastapi_scope = scope.get("fastapi")
@@ -452,7 +483,11 @@ class FluxrateMiddleware:
                     template = local
                 else:
                     prefix = self._mount_template(routed_root, root_path)
-                    template = None if prefix is None else prefix + local
+                    if prefix is None:
+                        cacheable = False
+                    else:
+                        template = prefix + local
+                        cacheable = "{" not in prefix
         elif endpoint is not None:
             # Routes FastAPI's router does not record in scope["route"] (plain Starlette
             # routes and mounts of a FastAPI app): find the template by endpoint.
@@ -464,7 +499,8 @@ class FluxrateMiddleware:
             handler = _endpoint_handler(endpoint, method)
         if carriers:
             handler = _carrier_for(carriers if handler is None else (*carriers, handler))
-        return self.metering.route(template, method, endpoint, handler=handler, name=name)
+        plan = self.metering.route(template, method, endpoint, handler=handler, name=name)
+        return plan, cacheable
 
     def _mount_template(self, routed_root: str, root_path: str) -> str | None:
         if not routed_root.startswith(root_path):
@@ -591,8 +627,9 @@ async def _flush_off_loop(metering: Metering) -> None:
 # --------------------------------------------------------------------------- one request
 
 
-class _Exchange:
-    """The state of one HTTP request/response going through the middleware."""
+class _Exchange(ScopeRequestView):
+    """The state of one HTTP request/response going through the middleware (and, being a
+    :class:`ScopeRequestView`, what core sees of the request)."""
 
     __slots__ = (
         "_receive",
@@ -605,18 +642,19 @@ class _Exchange:
         "response_bytes",
         "response_headers",
         "root_path",
-        "scope",
         "started",
         "status",
         "token",
         "trailers",
-        "view",
     )
 
     def __init__(self, middleware: FluxrateMiddleware, scope: Scope, send: Send) -> None:
+        self.scope = scope
+        self._headers = None
+        self._query = None
+        self._request = None
         self.middleware = middleware
         self.metering = middleware.metering
-        self.scope = scope
         self._send = send
         self.root_path: str = scope.get("root_path", "")
         self.status: int | None = None
@@ -626,7 +664,6 @@ class _Exchange:
         self.trailers = False
         self.finished = False
         self.carriers: tuple[object, ...] = ()
-        self.view = ScopeRequestView(scope)
         self.started = time.perf_counter()
         self.token = self.metering.open_scope()
         scope[_SCOPE_KEY] = self
@@ -703,13 +740,13 @@ class _Exchange:
         if not plan.reject_missing_customer:
             return False
         if plan.needs_async:
-            return await plan.customer_async(self.view) is None
-        return plan.customer(self.view) is None
+            return await plan.customer_async(self) is None
+        return plan.customer(self) is None
 
     # -- finishing
 
     def _request_bytes(self) -> int:
-        length = self.view.header("content-length")
+        length = self.header("content-length")
         if length is not None and length.isdigit():
             return int(length)
         return self.request_bytes
@@ -733,16 +770,16 @@ class _Exchange:
                 # constant quantities and no record(): bytes, headers and duration unused
                 if use_async:
                     return metering.finish_async(
-                        plan, self.view, self.token, status=status, completed=completed, error=error
+                        plan, self, self.token, status=status, completed=completed, error=error
                     )
                 metering.finish(
-                    plan, self.view, self.token, status=status, completed=completed, error=error
+                    plan, self, self.token, status=status, completed=completed, error=error
                 )
                 return None
             if use_async:
                 return metering.finish_async(
                     plan,
-                    self.view,
+                    self,
                     self.token,
                     status=status,
                     request_bytes=self._request_bytes(),
@@ -754,7 +791,7 @@ class _Exchange:
                 )
             metering.finish(
                 plan,
-                self.view,
+                self,
                 self.token,
                 status=status,
                 request_bytes=self._request_bytes(),
