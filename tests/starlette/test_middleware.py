@@ -550,7 +550,8 @@ def test_request_view_reads_lazily() -> None:
         "state": {"k": "v"},
     }
     view = ScopeRequestView(scope)
-    assert view._headers is None and view._query is None
+    assert view._headers is None
+    assert view._query is None
     assert view.header("X-A") == "1"  # first wins, like Starlette's Headers.get
     assert view.header("x-b") == "\u00e9"
     assert view.header("x-missing") is None
