@@ -27,7 +27,7 @@ from django.urls import ResolverMatch
 from django.utils.functional import LazyObject, empty
 
 from fluxrate_web.core._log import log_limited
-from fluxrate_web.core.metering import Metering, RoutePlan
+from fluxrate_web.core.metering import RoutePlan
 from fluxrate_web.django import _runtime
 from fluxrate_web.django._views import view_handler
 
@@ -214,36 +214,39 @@ def _wants_user(
     return _uses_user(plan)
 
 
-class _Pending:
-    """One request on its way through the middleware, until it is billed (once)."""
+class _Pending(DjangoRequestView):
+    """One request on its way through the middleware, until it is billed (once). It is also
+    the request's :class:`DjangoRequestView` (one object per request)."""
 
     __slots__ = (
         "done",
         "error",
         "metering",
         "plan",
-        "request_bytes",
         "response",
         "runtime",
         "scope",
         "sent",
         "start",
         "started",
-        "view",
     )
 
+    # set by attach(), for streamed responses only
+    response: HttpResponseBase
+    sent: int
+    started: bool
+
     def __init__(self, runtime: _runtime.Runtime, request: HttpRequest) -> None:
+        self.native = request
+        self.request = request
+        self._user = _UNSET
         self.runtime = runtime
-        self.metering: Metering = runtime.metering
-        self.view = DjangoRequestView(request)
+        metering = self.metering = runtime.metering
         self.plan: RoutePlan | None = None
         self.error = False
         self.done = False
-        self.response: HttpResponseBase | None = None
-        self.sent = 0
-        self.started = False
+        self.scope = metering.open_scope()
         self.start = _now()
-        self.scope = self.metering.open_scope()
 
     # -- the plan ------------------------------------------------------------------------------
 
@@ -251,7 +254,7 @@ class _Pending:
         plan = self.plan
         if plan is None:
             # process_view did not run: no URL matched (404), or an earlier middleware answered.
-            request = self.view.request
+            request = self.request
             match = getattr(request, "resolver_match", None)
             callback = match.func if match is not None else None
             plan = plan_for(self.runtime, match, callback, request.method or "GET")
@@ -259,7 +262,7 @@ class _Pending:
         return plan
 
     def _request_bytes(self) -> int:
-        length = self.view.request.META.get("CONTENT_LENGTH")
+        length = self.request.META.get("CONTENT_LENGTH")
         if not length:
             return 0
         try:
@@ -277,7 +280,7 @@ class _Pending:
             size = 0
         self.metering.finish(
             self.final_plan(),
-            self.view,
+            self,
             self.scope,
             status=response.status_code,
             request_bytes=self._request_bytes(),
@@ -291,7 +294,7 @@ class _Pending:
         plan = self.final_plan()
         status = response.status_code
         if _wants_user(plan, self.scope, status, True, self.error):
-            await self.view.aprefetch_user()
+            await self.aprefetch_user()
         if not plan.needs_async:
             self.bill(response)
             return
@@ -302,7 +305,7 @@ class _Pending:
             size = 0
         await self.metering.finish_async(
             plan,
-            self.view,
+            self,
             self.scope,
             status=status,
             request_bytes=self._request_bytes(),
@@ -320,7 +323,7 @@ class _Pending:
         self.done = True
         self.metering.finish(
             self.final_plan(),
-            self.view,
+            self,
             self.scope,
             status=None,
             request_bytes=self._request_bytes(),
@@ -349,7 +352,7 @@ class _Pending:
             return
         self.done = True
         self.metering.finish(
-            self.final_plan(), self.view, self.scope, **self._stream_kwargs(completed, error)
+            self.final_plan(), self, self.scope, **self._stream_kwargs(completed, error)
         )
 
     async def astream_end(self) -> None:
@@ -358,14 +361,12 @@ class _Pending:
         plan = self.final_plan()
         assert self.response is not None
         if _wants_user(plan, self.scope, self.response.status_code, True, self.error):
-            await self.view.aprefetch_user()
+            await self.aprefetch_user()
         if not plan.needs_async:
             self.stream_end(completed=True)
             return
         self.done = True
-        await self.metering.finish_async(
-            plan, self.view, self.scope, **self._stream_kwargs(True, False)
-        )
+        await self.metering.finish_async(plan, self, self.scope, **self._stream_kwargs(True, False))
 
     def on_close(self) -> None:
         """Appended to the response's closers: ``response.close()`` runs it once the server (or
@@ -377,7 +378,7 @@ class _Pending:
             # A WSGI server sent the file itself (``wsgi.file_wrapper``/sendfile) without
             # iterating the content; Content-Length is what it sent.
             try:
-                self.sent = int(response.headers.get("Content-Length") or 0)  # type: ignore[union-attr]
+                self.sent = int(response.headers.get("Content-Length") or 0)
             except ValueError:
                 self.sent = 0
             self.stream_end(completed=True)
@@ -387,6 +388,8 @@ class _Pending:
     def attach(self, response: HttpResponseBase) -> None:
         """Count the streamed bytes and bill when the content is exhausted or closed."""
         self.response = response
+        self.sent = 0
+        self.started = False
         file_to_stream = getattr(response, "file_to_stream", None)
         content = response.streaming_content  # type: ignore[attr-defined]
         if response.is_async:  # type: ignore[attr-defined]
@@ -499,7 +502,7 @@ class FluxrateMiddleware:
             return None
         plan = plan_for(pending.runtime, request.resolver_match, view_func, request.method or "")
         pending.plan = plan
-        if plan.reject_missing_customer and plan.customer(pending.view) is None:
+        if plan.reject_missing_customer and plan.customer(pending) is None:
             return _reject()
         return None
 
@@ -517,11 +520,11 @@ class FluxrateMiddleware:
         pending.plan = plan
         if plan.reject_missing_customer:
             if _uses_user(plan):
-                await pending.view.aprefetch_user()
+                await pending.aprefetch_user()
             if plan.needs_async:
-                customer = await plan.customer_async(pending.view)
+                customer = await plan.customer_async(pending)
             else:
-                customer = plan.customer(pending.view)
+                customer = plan.customer(pending)
             if customer is None:
                 return _reject()
         return None

@@ -1,0 +1,282 @@
+"""Django cases for ``bench/overhead.py``: a small API, bare, metered, and under each peer.
+
+The project is ``django-admin startproject``'s default middleware stack with a few JSON routes;
+every case requests ``GET /v1/items/42`` (a function view returning JSON) through Django's own
+WSGI handler with a realistic header set. Each case configures Django in its own process.
+
+Run alone (a quick loop, without the harness)::
+
+    .venv/bin/python bench/overhead_cases/django.py [--number 20000]
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Callable
+from typing import Any
+
+if __name__ == "__main__":  # run as a script: this file's folder must not shadow `django`
+    import sys
+    from pathlib import Path
+
+    _here = Path(__file__).resolve()
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here.parent]
+    sys.path[:0] = [str(_here.parents[1]), str(_here.parents[2])]
+
+from overhead_cases import lazy, sink_url, wsgi_request
+
+PATH = "/v1/items/42"
+METER_TOKEN = "0b8f6d6e-2c1a-4f5e-9a53-3f3c8d9e7a10"
+
+# django-admin startproject's MIDDLEWARE
+DEFAULT_MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+DEFAULT_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+]
+
+NOTES = {
+    "bare": "startproject's default middleware stack, a function view returning JSON",
+    "fluxrate": (
+        "+ fluxrate_web.django.FluxrateMiddleware (last); the route billed by a config rule "
+        "(api_calls, customer from X-Customer-Id); events built by the real seam and client "
+        "validation, kept by fluxrate_web.testing.CapturingClient (delivery runs off the request "
+        "path and is measured by bench/transports.py)"
+    ),
+}
+
+
+# --------------------------------------------------------------------------- the project
+
+
+def urlpatterns() -> list[Any]:
+    from django.http import HttpRequest, JsonResponse
+    from django.urls import include, path
+
+    def health(request: HttpRequest) -> JsonResponse:
+        return JsonResponse({"status": "ok"})
+
+    def list_items(request: HttpRequest) -> JsonResponse:
+        return JsonResponse({"items": []})
+
+    def get_item(request: HttpRequest, item_id: int) -> JsonResponse:
+        return JsonResponse({"id": item_id, "name": "widget"})
+
+    def me(request: HttpRequest) -> JsonResponse:
+        return JsonResponse({"user": "me"})
+
+    v1 = [
+        path("items", list_items, name="items"),
+        path("items/<int:item_id>", get_item, name="item"),
+        path("me", me, name="me"),
+    ]
+    return [path("health", health), path("v1/", include(v1))]
+
+
+class _URLConf:
+    """ROOT_URLCONF given as a module-like object."""
+
+    def __init__(self) -> None:
+        self.urlpatterns = urlpatterns()
+
+
+def setup(middleware: list[str] | None = None, apps: list[str] | None = None, **extra: Any) -> None:
+    """Configure Django for this process."""
+    import django
+    from django.conf import settings
+
+    settings.configure(
+        DEBUG=False,
+        SECRET_KEY="bench-secret-key-bench-secret-key-bench-secret-key",
+        ALLOWED_HOSTS=["api.example.com", "127.0.0.1"],
+        INSTALLED_APPS=[*DEFAULT_APPS, *(apps or [])],
+        MIDDLEWARE=middleware if middleware is not None else DEFAULT_MIDDLEWARE,
+        ROOT_URLCONF=_URLConf(),
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+        USE_TZ=True,
+        LOGGING_CONFIG=None,
+        **extra,
+    )
+    django.setup()
+
+
+def configure(
+    middleware: list[str] | None = None, apps: list[str] | None = None, **extra: Any
+) -> Any:
+    """Configure Django for this process and return its WSGI handler."""
+    setup(middleware, apps, **extra)
+    from django.core.handlers.wsgi import WSGIHandler
+
+    return WSGIHandler()
+
+
+def fluxrate_settings() -> dict[str, Any]:
+    return {
+        "meters": {"api_calls": METER_TOKEN},
+        "customer": "header:X-Customer-Id",
+        "endpoints": [{"route": "/v1/items/*", "meter": "api_calls"}],
+    }
+
+
+def bare() -> Callable[[], None]:
+    return wsgi_request(configure(), PATH)
+
+
+def fluxrate() -> Callable[[], None]:
+    from fluxrate_web.core.metering import Metering
+    from fluxrate_web.testing import CapturingClient
+
+    setup([*DEFAULT_MIDDLEWARE, "fluxrate_web.django.FluxrateMiddleware"])
+    from django.core.handlers.wsgi import WSGIHandler
+
+    from fluxrate_web.django import _runtime
+
+    # What the app's ready() builds from settings.FLUXRATE, with a capturing client.
+    client = CapturingClient()
+    _runtime.install(Metering.from_config(overrides=fluxrate_settings(), client=client))
+    one = wsgi_request(WSGIHandler(), PATH)
+    count = [0]
+
+    def call() -> None:
+        one()
+        count[0] += 1
+        if count[0] >= 10_000:  # keep the captured list (the "queue") bounded
+            if len(client.events) < 10_000:
+                raise AssertionError("the metered route did not produce its events")
+            client.clear()
+            count[0] = 0
+
+    return call
+
+
+# --------------------------------------------------------------------------- peers
+
+PEERS: dict[str, tuple[str, str]] = {
+    "django_prometheus": (
+        "django_prometheus",
+        "django-prometheus Before/After middleware (in-process counters and histograms; "
+        "scraped, nothing sent)",
+    ),
+    "moesif": ("moesifdjango", "moesifdjango's moesif_middleware, BASE_URI on the local sink"),
+    "sentry": (
+        "sentry_sdk",
+        "sentry-sdk's Django integration, traces_sample_rate=1.0, DSN on the local sink",
+    ),
+}
+
+
+def available_peers() -> tuple[list[str], dict[str, str]]:
+    present, skipped = [], {}
+    for name, (module, _what) in PEERS.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if found:
+            present.append(name)
+        else:
+            skipped[name] = f"`{module}` is not installed (`make bench` installs it)"
+    return present, skipped
+
+
+def django_prometheus() -> Callable[[], None]:
+    handler = configure(
+        [
+            "django_prometheus.middleware.PrometheusBeforeMiddleware",
+            *DEFAULT_MIDDLEWARE,
+            "django_prometheus.middleware.PrometheusAfterMiddleware",
+        ],
+        apps=["django_prometheus"],
+    )
+    return wsgi_request(handler, PATH)
+
+
+def moesif() -> Callable[[], None]:
+    logging.getLogger("moesifdjango").setLevel(logging.CRITICAL)
+    handler = configure(
+        [*DEFAULT_MIDDLEWARE, "moesifdjango.middleware.moesif_middleware"],
+        MOESIF_MIDDLEWARE={
+            "APPLICATION_ID": "bench-app-id",
+            "BASE_URI": sink_url(),
+            "LOG_BODY": True,
+            "CAPTURE_OUTGOING_REQUESTS": False,
+        },
+    )
+    return wsgi_request(handler, PATH)
+
+
+def sentry() -> Callable[[], None]:
+    import sentry_sdk
+    from sentry_sdk.integrations.django import DjangoIntegration
+
+    host = sink_url().removeprefix("http://")
+    sentry_sdk.init(
+        dsn=f"http://public@{host}/1", traces_sample_rate=1.0, integrations=[DjangoIntegration()]
+    )
+    return wsgi_request(configure(), PATH)
+
+
+BUILDERS: dict[str, Callable[[], Callable[[], None]]] = {
+    "django_prometheus": django_prometheus,
+    "moesif": moesif,
+    "sentry": sentry,
+}
+
+present, SKIPPED = available_peers()
+NOTES.update({name: PEERS[name][1] for name in present})
+
+
+def cases() -> dict[str, Callable[[], Any]]:
+    return {
+        "bare": lazy(bare),
+        "fluxrate": lazy(fluxrate),
+        **{name: lazy(BUILDERS[name]) for name in present},
+    }
+
+
+def teardown() -> None:
+    try:
+        import sentry_sdk
+
+        client = sentry_sdk.get_client()
+        if client.is_active():
+            client.close(timeout=2)
+    except Exception:
+        pass
+
+
+if __name__ == "__main__":  # a quick loop: one case per process, like the harness
+    import argparse
+    import subprocess
+    import sys
+    import time
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("case", nargs="?")
+    parser.add_argument("--number", type=int, default=20_000)
+    args = parser.parse_args()
+    if args.case is None:
+        for name in cases():
+            subprocess.run([sys.executable, __file__, name, "--number", str(args.number)])
+    else:
+        fn = cases()[args.case]
+        for _ in range(2000):
+            fn()
+        best = []
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(args.number):
+                fn()
+            best.append((time.perf_counter() - start) / args.number * 1e6)
+        print(f"{args.case}: {min(best):.1f} µs/request (best of 5)")
