@@ -29,10 +29,16 @@ from fluxrate_web.core.dispatcher import (
     Lane,
     LaneSettings,
     close_lane,
+    exiting,
     flush_lane,
     open_lane,
 )
-from fluxrate_web.core.errors import ConfigError, InvalidUsageError, TransportError
+from fluxrate_web.core.errors import (
+    ConfigError,
+    FluxrateError,
+    InvalidUsageError,
+    TransportError,
+)
 from fluxrate_web.core.events import UsageEvent
 from fluxrate_web.core.failures import FailureLog
 from fluxrate_web.core.transport import (
@@ -293,6 +299,10 @@ class FluxrateClient:
                 self._after_fork()
             lane = self._lane
             if lane is None or lane.closed:
+                if exiting():  # an atexit hook that ran after ours: nobody would send it
+                    self._counters.add("failed")
+                    self._failure_log.add(event, "shutdown_deadline")
+                    return False
                 lane = self._start_lane()
                 if lane is None:
                     warn_limited(
@@ -341,7 +351,7 @@ class FluxrateClient:
         if self._pid != os.getpid():
             self._after_fork()
         if self._closed:
-            raise RuntimeError("this FluxrateClient is closed")
+            raise FluxrateError("this FluxrateClient is closed")
         self._start_lane()
 
     def _start_lane(self) -> Lane | None:
@@ -451,11 +461,9 @@ class FluxrateClient:
             raise TypeError
         lane = self._lane
         if lane is None or lane.closed:
-            if self._closed:
-                raise RuntimeError("this FluxrateClient is closed")
-            lane = self._start_lane()
+            lane = self._start_lane() if not self._closed and not exiting() else None
             if lane is None:
-                raise RuntimeError("this FluxrateClient is closed")
+                raise FluxrateError("this FluxrateClient is closed")
         return lane
 
     def send(self, event: UsageEvent) -> dict[str, Any]:

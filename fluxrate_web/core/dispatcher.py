@@ -544,12 +544,20 @@ class Runtime:
 
 _lock = threading.Lock()
 _runtime: Runtime | None = None
+_exit_pid = -1  # the pid whose atexit flush has run
 _orphans: list[object] = []  # what a forked child inherited: kept, never closed or collected
+
+
+def exiting() -> bool:
+    """True once the interpreter-exit flush of this process has run."""
+    return _exit_pid == os.getpid()
 
 
 def get_runtime() -> Runtime:
     """The running runtime of this process, started if needed."""
     global _runtime
+    if exiting():
+        raise RuntimeError("the interpreter is exiting: no new delivery")
     runtime = _runtime
     if runtime is not None and runtime.pid == os.getpid() and runtime.thread.is_alive():
         return runtime
@@ -640,7 +648,8 @@ def flush_lane(lane: Lane, timeout: float | None) -> bool:
 
 def _atexit_flush() -> None:
     """Interpreter exit: drain every lane within its shutdown_timeout, all lanes at once."""
-    global _runtime
+    global _runtime, _exit_pid
+    _exit_pid = os.getpid()
     runtime = _runtime
     if runtime is None or runtime.pid != os.getpid() or not runtime.thread.is_alive():
         return

@@ -74,6 +74,11 @@ class ScriptedServer:
                 self._server.close()
                 for writer in list(self._writers):
                     writer.transport.abort()
+                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
                 loop.run_until_complete(self._server.wait_closed())
                 loop.run_until_complete(asyncio.sleep(0.01))
                 loop.close()

@@ -282,9 +282,14 @@ def test_many_clients_share_one_thread(fluxrate_server: DevServer) -> None:
         c.track(token, f"multi{i}")
     names = [t.name for t in threading.enumerate() if t.name == "fluxrate-dispatcher"]
     assert len(names) == 1
+    lanes = [c._lane for c in clients]
+    runtime = lanes[0].runtime if lanes[0] else None
+    assert runtime is not None
+    assert all(lane is not None and lane.runtime is runtime for lane in lanes)
     for c in clients:
         assert c.flush(5)
         c.close()
-    assert wait_until(
-        lambda: not any(t.name == "fluxrate-dispatcher" for t in threading.enumerate()), 5
-    )
+    assert all(lane is not None and lane.closed for lane in lanes)
+    assert not set(lanes) & runtime.lanes
+    if not runtime.lanes:  # no other client of this process is alive: the thread stops
+        assert wait_until(lambda: not runtime.thread.is_alive(), 5)

@@ -82,3 +82,37 @@ def test_exit_deadline_writes_the_rest_to_the_failure_log(tmp_path: Path) -> Non
     assert len(lines) == 40
     assert {x["reason"] for x in lines} == {"shutdown_deadline"}
     assert "not delivered before the shutdown deadline" in result.stderr
+
+
+LATE = textwrap.dedent(
+    """
+    import atexit, os
+
+    def late():  # registered before fluxrate_web is imported: runs after its exit flush
+        client.track("mt", "late-cust", 1)
+
+    atexit.register(late)
+    from fluxrate_web.core import FluxrateClient
+    client = FluxrateClient("org_live_k", os.environ["URL"], failed_events_path=os.environ["FAILED"])
+    client.track("mt", "early-cust", 1)
+    """
+)
+
+
+def test_tracking_after_the_exit_flush_is_not_lost(tmp_path: Path) -> None:
+    failed = tmp_path / "failed.jsonl"
+    with scripted_server() as server:
+        result = subprocess.run(
+            [sys.executable, "-X", "dev", "-W", "error", "-c", LATE],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "URL": server.url, "FAILED": str(failed)},
+            timeout=30,
+            check=False,
+        )
+        delivered = [r.json()["customer_external_id"] for r in server.requests]
+    assert result.returncode == 0, result.stderr
+    assert delivered == ["early-cust"]
+    line = json.loads(failed.read_text())
+    assert line["reason"] == "shutdown_deadline"
+    assert line["event"]["customer_external_id"] == "late-cust"
