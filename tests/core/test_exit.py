@@ -93,7 +93,9 @@ LATE = textwrap.dedent(
 
     atexit.register(late)
     from fluxrate_web.core import FluxrateClient
-    client = FluxrateClient("org_live_k", os.environ["URL"], failed_events_path=os.environ["FAILED"])
+    client = FluxrateClient(
+        "org_live_k", os.environ["URL"], failed_events_path=os.environ["FAILED"]
+    )
     client.track("mt", "early-cust", 1)
     """
 )
