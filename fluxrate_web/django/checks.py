@@ -6,12 +6,14 @@
 ``fluxrate.E003``  ``FluxrateMiddleware`` is listed more than once (requests would be billed
                    twice)
 ``fluxrate.W001``  ``FluxrateMiddleware`` is not in ``MIDDLEWARE``: nothing is metered
-``fluxrate.W002``  no API key: events cannot be delivered
+``fluxrate.W002``  no API key (settings, YAML or ``$FLUXRATE_API_KEY``): events cannot be
+                   delivered
 =================  ==========================================================================
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -73,7 +75,12 @@ def check_config(
             )
         ]
     messages: list[checks.CheckMessage] = []
-    if config.enabled and not config.api_key and not config.access_token:
+    if (
+        config.enabled
+        and not config.api_key
+        and not config.access_token
+        and not os.environ.get("FLUXRATE_API_KEY", "").strip()
+    ):
         messages.append(
             checks.Warning(
                 "No Fluxrate API key is configured: usage events cannot be delivered.",

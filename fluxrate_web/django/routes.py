@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from fluxrate_web.core.metering import Metering, RoutePlan
+from fluxrate_web.core.rules import normalize_route
 from fluxrate_web.django._views import view_handler, view_methods
 
 __all__ = ["RouteRow", "UrlRoute", "iter_url_routes", "route_rows"]
@@ -25,6 +26,8 @@ class UrlRoute:
 
 @dataclass(frozen=True)
 class RouteRow:
+    """``route`` is the normalised template endpoint rules match (``/v1/items/{}``)."""
+
     route: str
     name: str
     methods: str
@@ -104,7 +107,7 @@ def route_rows(metering: Metering, urlconf: str | None = None) -> list[RouteRow]
         for (meters, customer, source), methods in grouped.items():
             rows.append(
                 RouteRow(
-                    route=url.route if url.route.startswith("^") else "/" + url.route,
+                    route=normalize_route(url.route),
                     name=url.name or _view_path(url.callback),
                     methods=",".join(methods),
                     meters=meters,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 from collections.abc import Sequence
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from fluxrate_web.core.check import report
 from fluxrate_web.django import _runtime, checks
 from fluxrate_web.django.routes import RouteRow, route_rows
 
@@ -70,25 +72,10 @@ class Command(BaseCommand):
         if errors:
             raise CommandError(f"{len(errors)} error(s) in the fluxrate configuration")
         config = _runtime.load_settings_config()
-        for key, value in config.describe().items():
-            self.stdout.write(f"{key}: {value}")
-        if config.meters:
-            self.stdout.write("meters:")
-            for name, spec in config.meters.items():
-                extra = f" ({spec.aggregation})" if spec.aggregation else ""
-                self.stdout.write(f"  {name}: {spec.token}{extra}")
-        else:
-            self.stdout.write("meters: (none)")
         runtime = _runtime.current()
-        if runtime is not None:
-            rows = runtime.metering.rules.describe()
-            if rows:
-                self.stdout.write("endpoint rules:")
-                for row in rows:
-                    self.stdout.write(
-                        f"  {row['where']}: {row['match']} [{row['methods']}] -> {row['meters']}"
-                        f" (customer {row['customer']}, bill_on {row['bill_on']})"
-                    )
+        buffer = io.StringIO()
+        report(config, runtime.metering.rules if runtime is not None else None, buffer)
+        self.stdout.write(buffer.getvalue(), ending="")
         self.stdout.write(self.style.SUCCESS("fluxrate configuration OK"))
 
     # -- routes ------------------------------------------------------------------------------
@@ -108,6 +95,21 @@ class Command(BaseCommand):
     def _replay(self, options: dict[str, Any]) -> None:
         module = importlib.import_module(REPLAY_MODULE)
         namespace = argparse.Namespace(**options)
-        code = module.run(namespace)
+        # Unless given on the command line: the API key, base URL and token of the settings.
+        try:
+            config = _runtime.load_settings_config()
+        except Exception:
+            config = None
+        if config is not None:
+            for key in ("api_key", "base_url", "access_token"):
+                if getattr(namespace, key, None) is None and getattr(config, key):
+                    setattr(namespace, key, getattr(config, key))
+            if not getattr(namespace, "allow_insecure", False) and config.allow_insecure:
+                namespace.allow_insecure = True
+        buffer = io.StringIO()
+        try:
+            code = module.run(namespace, out=buffer)
+        finally:
+            self.stdout.write(buffer.getvalue(), ending="")
         if code:
             raise CommandError(f"replay failed (exit status {code})", returncode=int(code))
