@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import ssl
 import threading
+import weakref
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from decimal import Decimal
@@ -32,6 +34,7 @@ from fluxrate_web.core.dispatcher import (
     exiting,
     flush_lane,
     open_lane,
+    release_lane,
 )
 from fluxrate_web.core.errors import (
     ConfigError,
@@ -363,23 +366,26 @@ class FluxrateClient:
                 return lane
             lane = open_lane(
                 wire=self._wire,
-                transport_factory=self._make_transport,
+                # a partial, not a bound method: the lane must not keep the client alive
+                transport_factory=functools.partial(
+                    Transport,
+                    self.endpoint,
+                    ssl_context=self._ssl_context,
+                    proxy=self._proxy,
+                    timeout=self.settings.request_timeout,
+                    max_idle=self.settings.max_in_flight + 4,
+                ),
                 settings=self.settings,
                 counters=self._counters,
                 failure_log=self._failure_log,
                 name=hex(id(self))[-6:],
             )
             self._lane = lane
+            # a client dropped without close(): its lane drains in the background, then closes
+            # its connections (not at exit: the atexit flush handles every lane then)
+            finalizer = weakref.finalize(self, release_lane, lane)
+            finalizer.atexit = False
             return lane
-
-    def _make_transport(self) -> Transport:
-        return Transport(
-            self.endpoint,
-            ssl_context=self._ssl_context,
-            proxy=self._proxy,
-            timeout=self.settings.request_timeout,
-            max_idle=self.settings.max_in_flight + 4,
-        )
 
     def _drain_closed(self, lane: Lane) -> None:
         records = []

@@ -616,6 +616,33 @@ def close_lane(lane: Lane, timeout: float | None) -> None:
         runtime.stop()
 
 
+def release_lane(lane: Lane) -> None:
+    """Drain and close ``lane`` in the background (its client is gone). Any thread; never
+    blocks, never raises."""
+    runtime = lane.runtime
+    if runtime.pid != os.getpid() or lane.closed or exiting() or not runtime.thread.is_alive():
+        return
+
+    async def drain() -> None:
+        global _runtime
+        loop = asyncio.get_running_loop()
+        try:
+            await lane.shutdown(loop.time() + lane.settings.shutdown_timeout)
+        finally:
+            with _lock:
+                runtime.lanes.discard(lane)
+                last = not runtime.lanes and _runtime is runtime
+                if last:
+                    _runtime = None
+            if last:
+                loop.stop()
+
+    try:
+        asyncio.run_coroutine_threadsafe(drain(), runtime.loop)
+    except RuntimeError:  # the loop is closed
+        pass
+
+
 def _abandon_from_outside(lane: Lane) -> None:
     records = []
     while True:

@@ -293,3 +293,19 @@ def test_many_clients_share_one_thread(fluxrate_server: DevServer) -> None:
     assert not set(lanes) & runtime.lanes
     if not runtime.lanes:  # no other client of this process is alive: the thread stops
         assert wait_until(lambda: not runtime.thread.is_alive(), 5)
+
+
+def test_a_dropped_client_drains_and_closes_its_connections() -> None:
+    import gc
+
+    with scripted_server() as server:
+        client = FluxrateClient("k", server.url)
+        for i in range(20):
+            client.track("m", f"gc{i}")
+        lane = client._lane
+        assert lane is not None
+        del client
+        gc.collect()
+        assert wait_until(lambda: lane.closed, 15), (lane.pending, lane.counters.delivered)
+        assert (lane.counters.delivered, lane.counters.failed) == (20, 0)
+        assert lane._transport is None  # connections closed
