@@ -46,7 +46,7 @@ _HEADER = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _METHOD = re.compile(r"[A-Z][A-Z0-9_-]*\Z")
 _STATUS_CLASS = re.compile(r"([1-5])xx\Z")
 _STATUS_RANGE = re.compile(r"([1-5][0-9][0-9])\s*-\s*([1-5][0-9][0-9])\Z")
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\Z")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\Z")
 BILL_ON_EXPECTED = (
     "expected 'any', a status class such as '2xx', a status code such as 201, a range such as "
     "'200-299', or a list (or comma-separated string) of those"
@@ -147,7 +147,26 @@ class Config:
     locations: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def client_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``FluxrateClient(**config.client_kwargs())``."""
+        """Keyword arguments for ``FluxrateClient(**config.client_kwargs())``.
+
+        ``aggregation`` ({meter token: AggregationSpec}) is included only when a meter of
+        ``meters:`` declares pre-aggregation."""
+        kwargs = self._delivery_kwargs()
+        aggregated = {
+            spec.token: (spec.aggregation, spec.window)
+            for spec in self.meters.values()
+            if spec.aggregation is not None and spec.window is not None
+        }
+        if aggregated:
+            from fluxrate_web.core.aggregation import AggregationSpec
+
+            kwargs["aggregation"] = {
+                token: AggregationSpec(kind, window)  # type: ignore[arg-type]
+                for token, (kind, window) in aggregated.items()
+            }
+        return kwargs
+
+    def _delivery_kwargs(self) -> dict[str, Any]:
         return {
             "api_key": self.api_key,
             "base_url": self.base_url,
@@ -347,7 +366,9 @@ def _seconds(value: object, path: Path, *, allow_zero: bool) -> float:
         match = _DURATION.match(value.strip())
         if match is None:
             raise _Invalid(path, f"expected {expected}, got {value!r}")
-        factor = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}[match.group(2)]
+        factor = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}[
+            match.group(2)
+        ]
         seconds = float(match.group(1)) * factor
     else:
         raise _Invalid(path, f"expected {expected}, got {_type_name(value)}")
@@ -469,6 +490,14 @@ def _meter_spec(name: object, value: object, path: Path) -> MeterSpec:
             raise _Invalid(path, "'window' needs 'aggregation' (SUM, MAX, UNIQUE_COUNT or LAST)")
         if aggregation is not None and window is None:
             window = 60.0
+        if aggregation is not None and window is not None:
+            from fluxrate_web.core.aggregation import AggregationSpec
+
+            try:
+                AggregationSpec(aggregation, window)  # type: ignore[arg-type]
+            except ValueError as exc:
+                where = (*path, keys["window"][0]) if "window" in keys else path
+                raise _Invalid(where, str(exc).removeprefix("window: ")) from None
     else:
         token_value = value
         token_path = path

@@ -412,3 +412,23 @@ def test_does_not_touch_os_environ(tmp_path: Path) -> None:
     before = dict(os.environ)
     load_config(write(tmp_path, "api_key: ${SOME_UNSET_VAR:-x}\n"))
     assert dict(os.environ) == before
+
+
+def test_aggregation_window_bounds_and_client_kwargs(tmp_path: Path) -> None:
+    from fluxrate_web.core.aggregation import AggregationSpec
+
+    message = error_of(
+        tmp_path, f"meters:\n  a:\n    token: {TOKEN_A}\n    aggregation: SUM\n    window: 2d\n"
+    )
+    assert message.endswith(":5: meters.a.window: expected between 1ms and 1 day")
+    config = load_config(
+        write(
+            tmp_path,
+            f"meters:\n  a: {{token: {TOKEN_A}, aggregation: max, window: 5m}}\n  b: {TOKEN_B}\n",
+        )
+    )
+    assert config.client_kwargs()["aggregation"] == {TOKEN_A: AggregationSpec("MAX", 300.0)}
+    assert (
+        "aggregation"
+        not in load_config(write(tmp_path, f"meters:\n  b: {TOKEN_B}\n")).client_kwargs()
+    )
