@@ -1,0 +1,1 @@
+"""A small metered FastAPI service: see README.md."""
