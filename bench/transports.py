@@ -307,6 +307,8 @@ def measure_table(
                     if name in SEQUENTIAL and inflight != 1:
                         continue
                     n = EVENTS[name][1 if quick else 0]
+                    if target == "devserver" and dev is not None:
+                        dev.reset()  # every transport meets an empty ledger
                     r = _client_process(name, url, key, token, n, inflight)
                     if r is None:
                         continue
