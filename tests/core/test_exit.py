@@ -48,7 +48,7 @@ def _run(
 
 
 def test_events_tracked_before_exit_are_delivered(fluxrate_server: DevServer) -> None:
-    result, _elapsed = _run(
+    result, elapsed = _run(
         {
             "URL": fluxrate_server.url.replace("127.0.0.1", "localhost"),  # DNS at exit too
             "FLUXRATE_API_KEY": fluxrate_server.api_key,
@@ -59,6 +59,7 @@ def test_events_tracked_before_exit_are_delivered(fluxrate_server: DevServer) ->
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "tracked"
     assert result.stderr == ""  # no warning of any kind (dev mode, warnings as errors)
+    assert elapsed < 5 + 5, elapsed  # shutdown_timeout, plus interpreter start-up
     assert fluxrate_server.summary()["exit-cust"]["api_calls"] == 500
     assert len(fluxrate_server.events()) == 500
 
