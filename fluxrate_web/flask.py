@@ -57,14 +57,12 @@ from flask.cli import AppGroup, ScriptInfo
 from flask.views import MethodView, View
 from werkzeug.wsgi import ClosingIterator
 
-from fluxrate_web.core import metering as _seam
 from fluxrate_web.core.errors import ConfigError
 from fluxrate_web.core.metering import Metering, RoutePlan, ScopeToken, record
-from fluxrate_web.core.rules import ATTRIBUTE, MeterRule, meter, rules_of
+from fluxrate_web.core.rules import meter
 
 if TYPE_CHECKING:
     import os
-    from contextvars import Token
 
     from werkzeug.routing import Rule
 
@@ -191,33 +189,16 @@ def _is_authenticated(user: object) -> bool:
 
 # --------------------------------------------------------------------------------------------
 # record() scopes of streamed bodies
-#
-# WORKAROUND (CONTRACT "Requests from adapters", Flask #2): the seam has no public way to make
-# an open scope current again. A streamed body runs after full_dispatch_request returned, so the
-# scope is detached from the context there and re-entered around each chunk. Remove when the
-# seam offers enter/exit.
 
 
 def _detach_scope(scope: ScopeToken) -> None:
+    """Take an open scope out of the current context without closing it: a streamed body runs
+    after ``full_dispatch_request`` returned, and ``record()`` outside it must not land there.
+    The body re-enters the scope around each chunk (``Metering.enter_scope``)."""
     token = scope.token
-    scope.token = None
     if token is not None:
-        try:
-            _seam._SCOPE.reset(token)
-        except (ValueError, RuntimeError):  # set in another context (a thread of asgiref)
-            if _seam._SCOPE.get() is scope:
-                _seam._SCOPE.set(None)
-
-
-def _enter_scope(scope: ScopeToken) -> Token[ScopeToken | None]:
-    return _seam._SCOPE.set(scope)
-
-
-def _exit_scope(token: Token[ScopeToken | None]) -> None:
-    try:
-        _seam._SCOPE.reset(token)
-    except (ValueError, RuntimeError):  # pragma: no cover - iterated from another context
-        _seam._SCOPE.set(None)
+        scope.token = None
+        Metering.exit_scope(token)
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,20 +282,20 @@ class _MeteredBody:
     def __next__(self) -> bytes:
         if self._done:
             raise StopIteration
-        token = _enter_scope(self._pending.scope)
+        token = Metering.enter_scope(self._pending.scope)
         try:
             if self._iterator is None:
                 self._iterator = iter(self._inner)
             chunk = next(self._iterator)
         except StopIteration:
-            _exit_scope(token)
+            Metering.exit_scope(token)
             self._finish(completed=True, error=False)
             raise
         except BaseException:
-            _exit_scope(token)
+            Metering.exit_scope(token)
             self._finish(completed=False, error=True)
             raise
-        _exit_scope(token)
+        Metering.exit_scope(token)
         if isinstance(chunk, str):
             chunk = chunk.encode()
         self._bytes += len(chunk)
@@ -324,11 +305,11 @@ class _MeteredBody:
         try:
             close = getattr(self._inner, "close", None)
             if close is not None:
-                token = _enter_scope(self._pending.scope)
+                token = Metering.enter_scope(self._pending.scope)
                 try:
                     close()
                 finally:
-                    _exit_scope(token)
+                    Metering.exit_scope(token)
         finally:
             self._finish(completed=False, error=False)  # a no-op after exhaustion
 
@@ -358,6 +339,11 @@ def _call_finish(
             logger.exception("fluxrate: an async resolver or quantity source failed to run")
         return
     metering.finish(plan, view, scope, **kwargs)
+
+
+def _known_customer(plan: RoutePlan, environ: Mapping[str, Any]) -> str | None:
+    """The customer the reject check already resolved, when it is every meter's customer."""
+    return environ.get(_CUSTOMER_KEY) if plan.uniform else None
 
 
 def _request_bytes(environ: Mapping[str, Any]) -> int:
@@ -417,22 +403,6 @@ def _handler_of(endpoint: object, method: str) -> object | None:
     return None
 
 
-class _Rules:
-    """Carries ``@meter`` rules to the seam as a ``handler``.
-
-    WORKAROUND (CONTRACT "Requests from adapters", Flask #1): ``Metering.route`` has no
-    ``defaults=`` for blueprint-level meters yet, so the adapter hands it the handler's own rules
-    plus the blueprint rules whose meter the view does not already bill."""
-
-    __slots__ = ("__fluxrate__",)
-
-    def __init__(self, rules: tuple[MeterRule, ...]) -> None:
-        setattr(self, ATTRIBUTE, rules)
-
-    def __repr__(self) -> str:
-        return f"<fluxrate rules {getattr(self, ATTRIBUTE)!r}>"
-
-
 class _Route:
     """What one (url rule, method) needs at request time, computed once."""
 
@@ -488,16 +458,14 @@ class FluxrateState:
             return None  # Flask answers it without running a view (CORS preflights)
         name = rule.endpoint
         endpoint = self.app.view_functions.get(name)
-        handler = _handler_of(endpoint, method)
-        defaults = self.extension._blueprint_rules(self.app, name)
-        if defaults:
-            own = {r.meter for r in metering.rules.decorator_rules(endpoint, handler)}
-            if any(r.exempt for r in defaults):
-                return metering.rules.exempted
-            extra = tuple(r for r in defaults if r.meter not in own)
-            if extra:
-                handler = _Rules((*rules_of(handler), *extra))
-        return metering.route(rule.rule, method, endpoint, handler=handler, name=name)
+        return metering.route(
+            rule.rule,
+            method,
+            endpoint,
+            handler=_handler_of(endpoint, method),
+            name=name,
+            defaults=self.extension._blueprint_markers(self.app, name),
+        )
 
     def _compute(self, rule: Rule | None, method: str) -> _Route:
         try:
@@ -592,7 +560,7 @@ class FluxrateState:
                     response_bytes=_response_bytes(response),
                     response_headers=response.headers.get,
                     duration_ms=(time.perf_counter() - started) * 1000.0,
-                    customer=environ.get(_CUSTOMER_KEY),
+                    customer=_known_customer(plan, environ),
                 )
             else:  # the common case: constant quantities
                 self.metering.finish(
@@ -600,7 +568,7 @@ class FluxrateState:
                     view,
                     scope,
                     status=response.status_code,
-                    customer=environ.get(_CUSTOMER_KEY),
+                    customer=_known_customer(plan, environ),
                 )
         except Exception:  # pragma: no cover - the seam never raises; this is belt and braces
             logger.exception("fluxrate: metering a Flask response failed")
@@ -620,7 +588,7 @@ class FluxrateState:
             "response_bytes": _response_bytes(response),
             "response_headers": response.headers.get,
             "duration_ms": (time.perf_counter() - started) * 1000.0,
-            "customer": req.environ.get(_CUSTOMER_KEY),
+            "customer": _known_customer(plan, req.environ),
         }
         _call_finish(self.app, self.metering, plan, view, scope, kwargs)
 
@@ -630,9 +598,10 @@ class FluxrateState:
         """Bill a streamed response when its body is done: wrap the body."""
         environ = req.environ
         view = FlaskRequestView(req, self.app, bind=True)  # usable after the context is gone
-        customer = environ.get(_CUSTOMER_KEY)
-        if customer is None:
-            customer = self._customer(plan, view)  # while g and current_user are live
+        customer = None
+        if plan.uniform:  # one customer for every meter: resolve it while g and the user live
+            customer = environ.get(_CUSTOMER_KEY) or self._customer(plan, view) or ""
+        # else each meter's own resolver runs when the body is done, on the bound view
         _detach_scope(scope)
         pending = _PendingStream(
             self.app,
@@ -657,7 +626,7 @@ class FluxrateState:
                 "request_bytes": _request_bytes(req.environ),
                 "duration_ms": (time.perf_counter() - started) * 1000.0,
                 "error": True,
-                "customer": req.environ.get(_CUSTOMER_KEY),
+                "customer": _known_customer(plan, req.environ),
             }
             view = FlaskRequestView(req, self.app)
             _call_finish(self.app, self.metering, plan, view, scope, kwargs)
@@ -709,7 +678,8 @@ class Fluxrate:
         self._config = config
         self._client = client
         self._options = {key.lower(): value for key, value in options.items()}
-        self._blueprints: dict[object, list[MeterRule]] = {}
+        # blueprint -> functions carrying its @meter / meter.exempt rules (the seam's defaults)
+        self._blueprints: dict[object, list[Callable[[], None]]] = {}
         if app is not None:
             self.init_app(app)
 
@@ -739,11 +709,27 @@ class Fluxrate:
         commands. Raises ``ConfigError`` for a bad configuration. Sends nothing."""
         if _KEY in app.extensions:
             raise RuntimeError("Fluxrate.init_app() was already called for this app")
-        state = FluxrateState(self, app, self.load(app))
+        metering = self.load(app)
+        # @meter on the views registered so far, and on blueprint markers, fail here; views added
+        # later are checked on their first request (logged) and by `flask fluxrate check`.
+        metering.validate_views(self._views_and_markers(app))
+        state = FluxrateState(self, app, metering)
         app.extensions[_KEY] = state
         state.install(app)
         if "fluxrate" not in app.cli.commands:
             app.cli.add_command(fluxrate_cli)
+
+    def _views_and_markers(self, app: Flask) -> Iterator[object]:
+        for view in app.view_functions.values():
+            yield view
+            view_class = getattr(view, "view_class", None)
+            if isinstance(view_class, type) and issubclass(view_class, MethodView):
+                for method in view_class.methods or ():
+                    handler = getattr(view_class, method.lower(), None)
+                    if handler is not None:
+                        yield handler
+        for markers in self._blueprints.values():
+            yield from markers
 
     # -- rules
 
@@ -761,25 +747,26 @@ class Fluxrate:
         as if each view had ``@meter(name, ...)``. A view's own ``@meter`` for the same meter
         replaces it; ``@fluxrate.exempt`` on a view exempts that view. Call it before the first
         request (before or after ``register_blueprint`` and ``init_app``)."""
-        marked = meter(
+        marker = meter(
             name, quantity=quantity, customer=customer, metadata=metadata, bill_on=bill_on
         )(_marker(blueprint))
-        self._blueprints.setdefault(blueprint, []).extend(rules_of(marked))
+        self._blueprints.setdefault(blueprint, []).append(marker)
         return blueprint
 
     def exempt(self, target: _F) -> _F:
         """``@fluxrate.exempt``: never meter this view; given a blueprint, none of its views.
         ``record()`` inside an exempt view still bills."""
         if isinstance(target, Blueprint):
-            self._blueprints.setdefault(target, []).extend(rules_of(meter.exempt(_marker(target))))
+            self._blueprints.setdefault(target, []).append(meter.exempt(_marker(target)))
             return target
         return meter.exempt(target)
 
-    def _blueprint_rules(self, app: Flask, endpoint: str) -> tuple[MeterRule, ...]:
+    def _blueprint_markers(self, app: Flask, endpoint: str) -> tuple[Callable[[], None], ...]:
+        """The markers of the blueprints ``endpoint`` is in, outermost first."""
         if not self._blueprints or "." not in endpoint:
             return ()
         names = endpoint.split(".")[:-1]
-        found: list[MeterRule] = []
+        found: list[Callable[[], None]] = []
         for depth in range(1, len(names) + 1):  # outermost blueprint first
             blueprint = app.blueprints.get(".".join(names[:depth]))
             if blueprint is not None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from flask import Flask
-from fluxrate_flask_support import METERS, RecordingClient
+from fluxrate_flask_support import METERS, AppFactory, RecordingClient
 
 from fluxrate_web.flask import Fluxrate
 
@@ -15,9 +14,6 @@ from fluxrate_web.flask import Fluxrate
 @pytest.fixture
 def recorder() -> RecordingClient:
     return RecordingClient()
-
-
-AppFactory = Callable[..., Flask]
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ covered by the devserver tests (tests/flask/test_flask_warnings.py, tests/e2e/te
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,8 @@ BYTES = "33333333-3333-4333-8333-333333333333"
 
 METERS = {"api_calls": API_CALLS, "tokens": TOKENS, "bytes": BYTES}
 NAMES = {token: name for name, token in METERS.items()}
+
+AppFactory = Callable[..., Flask]
 
 
 @dataclass

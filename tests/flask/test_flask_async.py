@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import AppFactory
 from flask import g
 from flask.views import MethodView
-from fluxrate_flask_support import CUSTOMER, RecordingClient
+from fluxrate_flask_support import CUSTOMER, AppFactory, RecordingClient
 
 from fluxrate_web.flask import meter, record
 

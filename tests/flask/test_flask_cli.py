@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from click.testing import CliRunner
-from conftest import AppFactory
 from flask import Blueprint, Flask
 from flask.cli import ScriptInfo
 from flask.views import MethodView
-from fluxrate_flask_support import extension_of
+from fluxrate_flask_support import AppFactory, extension_of
 
 from fluxrate_web.flask import Fluxrate, fluxrate_cli, meter
 

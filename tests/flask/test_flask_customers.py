@@ -8,10 +8,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import AppFactory
 from flask import Blueprint, Flask, Response, g, request
 from flask_login import LoginManager, UserMixin, login_user
-from fluxrate_flask_support import CUSTOMER, RecordingClient
+from fluxrate_flask_support import CUSTOMER, AppFactory, RecordingClient
 
 from fluxrate_web.flask import meter
 
@@ -206,6 +205,51 @@ def test_customer_given_by_the_decorator(make_app: AppFactory, recorder: Recordi
 
     app.test_client().get("/teams?team=team_t", headers=CUSTOMER)
     assert recorder.billed() == [("tokens", "team_t", 1)]
+
+
+def test_each_decorator_keeps_its_own_customer(
+    make_app: AppFactory, recorder: RecordingClient
+) -> None:
+    app = make_app()
+
+    @app.get("/shared")
+    @meter("api_calls")
+    @meter("tokens", customer="query:team")
+    def shared() -> str:
+        return "ok"
+
+    @app.get("/shared-stream")
+    @meter("api_calls")
+    @meter("tokens", customer="query:team")
+    def shared_stream() -> Response:
+        return Response(iter([b"x"]))
+
+    client = app.test_client()
+    client.get("/shared?team=team_t", headers=CUSTOMER)
+    assert client.get("/shared-stream?team=team_s", headers=CUSTOMER).data == b"x"
+    assert sorted(recorder.billed()) == [
+        ("api_calls", "cus_1", 1),
+        ("api_calls", "cus_1", 1),
+        ("tokens", "team_s", 1),
+        ("tokens", "team_t", 1),
+    ]
+
+
+def test_stream_without_a_customer_is_dropped_and_counted(
+    make_app: AppFactory, recorder: RecordingClient, resolvers_module: types.ModuleType
+) -> None:
+    app = make_app(customer="callable:flask_test_resolvers.customer_from_g")
+
+    @app.get("/stream")
+    @meter("api_calls")
+    def stream() -> Response:
+        return Response(iter([b"a"]))
+
+    # no g.tenant: the callable finds nobody while the context is live; it is not run again
+    # when the body ends (outside the context)
+    assert app.test_client().get("/stream").data == b"a"
+    assert recorder.events == []
+    assert len(recorder.dropped) == 1
 
 
 # -- reject mode

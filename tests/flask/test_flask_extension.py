@@ -139,9 +139,34 @@ def test_file_errors_name_file_and_line(tmp_path: Path) -> None:
 
 def test_init_app_twice_is_an_error(recorder: RecordingClient) -> None:
     app = metered_app()
-    fluxrate = Fluxrate(app, client=recorder)
+    fluxrate = Fluxrate(app, client=recorder, meters=METERS)
     with pytest.raises(RuntimeError, match="already"):
         fluxrate.init_app(app)
+
+
+def test_bad_decorator_on_a_registered_view_fails_at_init_app() -> None:
+    from flask.views import MethodView
+
+    app = metered_app()
+
+    class Items(MethodView):
+        @meter("api_cals")
+        def post(self) -> str:
+            return "ok"
+
+    app.add_url_rule("/items", view_func=Items.as_view("items"))
+    with pytest.raises(ConfigError, match=r"unknown meter 'api_cals' \(did you mean 'api_calls'"):
+        Fluxrate(app, meters=METERS)
+    assert "fluxrate" not in app.extensions
+
+
+def test_bad_blueprint_meter_fails_at_init_app() -> None:
+    from flask import Blueprint
+
+    fluxrate = Fluxrate(meters=METERS)
+    fluxrate.meter_blueprint(Blueprint("api", __name__), "api_cals")
+    with pytest.raises(ConfigError, match=r"meter_blueprint\('api'\).*unknown meter 'api_cals'"):
+        fluxrate.init_app(Flask("app"))
 
 
 def test_state_outside_an_app() -> None:

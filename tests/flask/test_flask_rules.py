@@ -8,10 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import AppFactory
 from flask import Blueprint, Flask
 from flask.views import MethodView, View
-from fluxrate_flask_support import CUSTOMER, RecordingClient, extension_of
+from fluxrate_flask_support import CUSTOMER, AppFactory, RecordingClient, extension_of
 
 from fluxrate_web.core.errors import ConfigError
 from fluxrate_web.flask import meter

@@ -6,9 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from conftest import AppFactory
 from flask import Flask, Response, abort, g, stream_with_context
-from fluxrate_flask_support import CUSTOMER, RecordingClient
+from fluxrate_flask_support import CUSTOMER, AppFactory, RecordingClient
 
 from fluxrate_web.flask import meter, record
 
