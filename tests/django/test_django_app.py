@@ -310,3 +310,34 @@ def test_middleware_is_plain_sync_under_wsgi(captured: Any) -> None:
     (ours,) = [m for m in view_middleware if isinstance(m, FluxrateMiddleware)]
     assert not ours.async_mode
     assert not iscoroutinefunction(ours)
+
+
+def test_with_lifespan_closes_the_core_on_shutdown(captured: Any) -> None:
+    import asyncio
+
+    from fluxrate_web.django.asgi import with_lifespan
+
+    http_scopes: list[str] = []
+
+    async def django_app(scope: Any, receive: Any, send: Any) -> None:
+        http_scopes.append(scope["type"])
+
+    app = with_lifespan(django_app)
+    sent: list[str] = []
+
+    async def run() -> None:
+        messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+
+        async def receive() -> dict[str, str]:
+            return next(messages)
+
+        async def send(message: dict[str, str]) -> None:
+            sent.append(message["type"])
+
+        await app({"type": "lifespan"}, receive, send)
+        await app({"type": "http"}, receive, send)
+
+    asyncio.run(run())
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert http_scopes == ["http"]
+    assert captured.closed
