@@ -62,3 +62,19 @@ def test_async_method_view_and_async_hooks(make_app: AppFactory, recorder: Recor
     app.add_url_rule("/jobs", view_func=Jobs.as_view("jobs"))
     assert app.test_client().post("/jobs").status_code == 202
     assert recorder.billed() == [("api_calls", "cus_async", 3)]
+
+
+async def tokens_used(request: object, info: object) -> int:
+    return 12
+
+
+def test_async_quantity_callable(make_app: AppFactory, recorder: RecordingClient) -> None:
+    app = make_app()
+
+    @app.get("/count")
+    @meter("tokens", quantity=tokens_used)
+    def count() -> str:
+        return "ok"
+
+    app.test_client().get("/count", headers=CUSTOMER)
+    assert recorder.billed() == [("tokens", "cus_1", 12)]

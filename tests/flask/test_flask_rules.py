@@ -386,3 +386,35 @@ def test_two_apps_one_extension(recorder: RecordingClient) -> None:
         ("tokens", "cus_1", 1),
     ]
     assert apps[0].extensions["fluxrate"] is not apps[1].extensions["fluxrate"]
+
+
+def test_record_in_an_exempt_view_still_bills(
+    make_app: AppFactory, recorder: RecordingClient
+) -> None:
+    from fluxrate_web.flask import record
+
+    app = make_app(default_meter="api_calls")
+
+    @app.get("/free")
+    @extension_of(app).exempt
+    def free() -> str:
+        record("tokens", 3)
+        return "ok"
+
+    app.test_client().get("/free", headers=CUSTOMER)
+    assert recorder.billed() == [("tokens", "cus_1", 3)]
+
+
+def test_meter_above_a_functools_wraps_decorator(
+    make_app: AppFactory, recorder: RecordingClient
+) -> None:
+    app = make_app()
+
+    @app.get("/private")
+    @meter("api_calls")
+    @login_required
+    def private() -> str:
+        return "ok"
+
+    app.test_client().get("/private", headers=CUSTOMER)
+    assert len(recorder.events) == 1
