@@ -188,6 +188,9 @@ class Lane:
     # ------------------------------------------------------------ loop thread
 
     def start(self) -> None:
+        """Loop thread: create the transport and the workers (idempotent)."""
+        if self._workers or self.closed or self._stopping:
+            return
         self._transport = self._transport_factory()
         for i in range(self.settings.max_in_flight):
             self._workers.append(
@@ -399,6 +402,7 @@ class Lane:
 
     async def send_once(self, event: UsageEvent) -> dict[str, Any]:
         """One attempt now, on this lane's connections; raises on failure."""
+        self.start()
         try:
             data = self.wire.build(event)
         except MissingCredentials as exc:
@@ -581,14 +585,14 @@ def open_lane(**kwargs: Any) -> Lane:
                 continue  # stopped meanwhile: take the next one
             runtime.lanes.add(lane)
         try:
-            runtime.run(_start_lane(lane), 10.0)
-        except RuntimeError:
+            # not waited for: the first track() must not wait on the loop; the workers find
+            # the events already queued when they start
+            runtime.loop.call_soon_threadsafe(lane.start)
+        except RuntimeError:  # the loop closed meanwhile: take the next runtime
+            with _lock:
+                runtime.lanes.discard(lane)
             continue
         return lane
-
-
-async def _start_lane(lane: Lane) -> None:
-    lane.start()
 
 
 def close_lane(lane: Lane, timeout: float | None) -> None:
