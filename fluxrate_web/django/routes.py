@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from fluxrate_web.core.metering import Metering, RoutePlan
-from fluxrate_web.core.rules import normalize_route
-from fluxrate_web.django._views import view_handler, view_methods
+from fluxrate_web.core.rules import normalize_route, rules_of
+from fluxrate_web.django._views import view_class, view_handler, view_methods
 
 __all__ = ["RouteRow", "UrlRoute", "iter_url_routes", "route_rows"]
 
@@ -85,8 +86,35 @@ def _view_path(callback: object) -> str:
     return f"{module}.{qualname}"
 
 
+_METHOD_DECORATOR = "@meter on django.utils.decorators."
+
+
+def _source(source: str, callback: object, method: str) -> str:
+    """The plan's source, readable: a rule's file path relative to the working directory, and
+    the decorated method for ``method_decorator(meter(...))`` (core only saw Django's dummy)."""
+    if source.startswith(_METHOD_DECORATOR):
+        handler = view_handler(callback, method)
+        cls = view_class(callback)
+        if cls is not None:
+            for found in (handler, getattr(cls, "dispatch", None)):
+                if found is not None and rules_of(found):
+                    name = getattr(found, "__name__", method.lower())
+                    return f"@meter on {_view_path(callback)}.{name}"
+        return f"@meter on {_view_path(callback)}"
+    path, sep, rest = source.partition(":")
+    if sep and os.path.isabs(path):
+        try:
+            relative = os.path.relpath(path)
+        except ValueError:  # another drive (Windows)
+            return source
+        if not relative.startswith(".."):
+            return f"{relative}:{rest}"
+    return source
+
+
 def route_rows(metering: Metering, urlconf: str | None = None) -> list[RouteRow]:
-    """One row per URL pattern and group of methods that bill alike."""
+    """One row per URL pattern and group of methods that bill alike (``*``: a function view,
+    billed alike whatever the method)."""
     rows: list[RouteRow] = []
     for url in iter_url_routes(urlconf):
         grouped: dict[tuple[str, str, str], list[str]] = {}
@@ -103,13 +131,15 @@ def route_rows(metering: Metering, urlconf: str | None = None) -> list[RouteRow]
                 grouped.setdefault((f"ERROR: {exc}", "-", "-"), []).append(method)
                 continue
             meters, customer = describe_plan(plan)
-            grouped.setdefault((meters, customer, plan.source), []).append(method)
+            source = _source(plan.source, url.callback, method)
+            grouped.setdefault((meters, customer, source), []).append(method)
+        any_method = view_class(url.callback) is None and len(grouped) == 1
         for (meters, customer, source), methods in grouped.items():
             rows.append(
                 RouteRow(
                     route=normalize_route(url.route),
                     name=url.name or _view_path(url.callback),
-                    methods=",".join(methods),
+                    methods="*" if any_method else ",".join(methods),
                     meters=meters,
                     customer=customer,
                     source=source,

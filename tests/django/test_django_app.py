@@ -220,11 +220,11 @@ def test_fluxrate_routes_lists_every_pattern_with_its_meters(fresh_runtime: None
     lines = {line.split()[0] + " " + line.split()[2]: line for line in text.splitlines()[2:]}
     assert "ROUTE" in text.splitlines()[0]
     # routes as endpoint rules match them: a leading /, no trailing /, parameters as {}
-    assert "api_calls" in lines["/plain GET,POST,PUT,PATCH,DELETE"]
-    assert "bytes_out x response_bytes" in lines["/download GET,POST,PUT,PATCH,DELETE"]
-    assert "query:team" in lines["/v1/items/{} GET,POST,PUT,PATCH,DELETE"]
-    assert "api_calls" in lines["/legacy/{} GET,POST,PUT,PATCH,DELETE"]
-    assert "(exempt)" in lines["/exempt GET,POST,PUT,PATCH,DELETE"]
+    assert "api_calls" in lines["/plain *"]
+    assert "bytes_out x response_bytes" in lines["/download *"]
+    assert "query:team" in lines["/v1/items/{} *"]
+    assert "api_calls" in lines["/legacy/{} *"]
+    assert "(exempt)" in lines["/exempt *"]
     # class-based views: only the methods they implement, grouped by what they bill
     assert "api_calls" in lines["/cbv GET"]
     assert "reports" in lines["/cbv POST"]

@@ -108,7 +108,7 @@ def test_manage_py_fluxrate_routes() -> None:
     call_command("fluxrate", "routes", stdout=out)
     text = out.getvalue()
     rows = {tuple(line.split()[:3]) for line in text.splitlines()[2:]}
-    assert ("/health", "health", "GET,POST,PUT,PATCH,DELETE") in rows
+    assert ("/health", "health", "*") in rows
     assert any(
         line.startswith("/api/exports/{}.csv") and "export_bytes x response_bytes" in line
         for line in text.splitlines()
