@@ -17,7 +17,9 @@ How it measures:
 - then **rounds are interleaved**: in every round each case, in a rotated order, times
   ``--number`` back-to-back requests and reports µs per request; only one worker is busy at a
   time, so the cases share the machine evenly;
-- the table gives the **median over rounds** of µs per request, the ratio to ``bare`` and the
+- the table gives the **median over rounds** of CPU µs per request (``time.process_time()`` of
+  the worker: every thread of it, so a peer's background exporter counts, while other load on
+  the machine does not), the ratio to ``bare``, the wall-clock median for reference, and the
   resident memory each worker grew by during the timed rounds.
 
 Peers that ship data somewhere get a local HTTP sink run by this script (``sink_url()``): it
@@ -90,22 +92,23 @@ def _worker(framework: str, case: str | None, warmup: int) -> int:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
 
-    def timed(n: int) -> float:
+    def timed(n: int) -> tuple[float, float]:
+        """(CPU seconds of the whole process, wall seconds) for ``n`` requests."""
         first = fn()
         if inspect.isawaitable(first):
 
-            async def many() -> float:
+            async def many() -> tuple[float, float]:
                 await first
-                start = time.perf_counter()
+                cpu, wall = time.process_time(), time.perf_counter()
                 for _ in range(n):
                     await fn()
-                return time.perf_counter() - start
+                return time.process_time() - cpu, time.perf_counter() - wall
 
             return loop.run_until_complete(many())
-        start = time.perf_counter()
+        cpu, wall = time.process_time(), time.perf_counter()
         for _ in range(n):
             fn()
-        return time.perf_counter() - start
+        return time.process_time() - cpu, time.perf_counter() - wall
 
     try:
         timed(warmup)
@@ -122,8 +125,10 @@ def _worker(framework: str, case: str | None, warmup: int) -> int:
             break
         n = int(command[1])
         gc.collect()
-        elapsed = timed(n)
-        out.write(json.dumps({"us": elapsed / n * 1e6, "rss_growth_kib": _rss_kib() - rss0}) + "\n")
+        cpu, wall = timed(n)
+        growth = _rss_kib() - rss0
+        reply = {"us": cpu / n * 1e6, "wall_us": wall / n * 1e6, "rss_growth_kib": growth}
+        out.write(json.dumps(reply) + "\n")
         out.flush()
     teardown = getattr(module, "teardown", None)
     if callable(teardown):
@@ -238,6 +243,7 @@ def _bench_framework(
     names: list[str] = info["cases"]
     workers = [_Worker(framework, name, warmup, env) for name in names]
     results: dict[str, list[float]] = {name: [] for name in names}
+    walls: dict[str, list[float]] = {name: [] for name in names}
     growth: dict[str, int] = {}
     errors: dict[str, str] = {}
     try:
@@ -259,6 +265,7 @@ def _bench_framework(
                     errors[worker.case] = reply["error"]
                     continue
                 results[worker.case].append(reply["us"])
+                walls[worker.case].append(reply["wall_us"])
                 growth[worker.case] = reply["rss_growth_kib"]
             print(f"  {framework}: round {r + 1}/{rounds}", file=sys.stderr, end="\r")
         print(file=sys.stderr)
@@ -267,6 +274,7 @@ def _bench_framework(
             worker.close()
     return {
         "rounds": {k: v for k, v in results.items() if v},
+        "wall_rounds": {k: v for k, v in walls.items() if v},
         "rss_growth_kib": growth,
         "errors": errors,
         "notes": info.get("notes", {}),
@@ -280,9 +288,12 @@ def _table(framework: str, data: dict[str, Any], rounds: int, number: int) -> st
         lines.append(f"not measured: {' '.join(data['error'])}")
         return "\n".join(lines)
     medians = {name: statistics.median(v) for name, v in data["rounds"].items()}
+    wall = {name: statistics.median(v) for name, v in data.get("wall_rounds", {}).items()}
     bare = medians.get("bare")
-    lines.append("| case | median µs/request | ratio to bare | overhead µs | RSS growth |")
-    lines.append("|---|---:|---:|---:|---:|")
+    lines.append(
+        "| case | CPU µs/request (median) | ratio to bare | overhead µs | wall µs | RSS growth |"
+    )
+    lines.append("|---|---:|---:|---:|---:|---:|")
     ordered = sorted(medians, key=lambda n: (n != "bare", n != "fluxrate", medians[n]))
     for name in ordered:
         med = medians[name]
@@ -290,10 +301,13 @@ def _table(framework: str, data: dict[str, Any], rounds: int, number: int) -> st
         over = f"{med - bare:+.1f}" if bare and name != "bare" else ""
         rss = data["rss_growth_kib"].get(name)
         rss_text = f"{rss / 1024:.1f} MiB" if rss is not None else ""
-        lines.append(f"| {name} | {med:.1f} | {ratio} | {over} | {rss_text} |")
+        wall_text = f"{wall[name]:.1f}" if name in wall else ""
+        lines.append(f"| {name} | {med:.1f} | {ratio} | {over} | {wall_text} | {rss_text} |")
     lines.append("")
     lines.append(
-        f"{rounds} interleaved rounds x {number} requests per case; each case in its own process."
+        f"{rounds} interleaved rounds x {number} requests per case; each case in its own process. "
+        "CPU = process time of the worker (all its threads, so background exporters count), "
+        "which other load on the machine does not inflate; wall = elapsed time, for reference."
     )
     for name, note in data.get("notes", {}).items():
         lines.append(f"- `{name}`: {note}")

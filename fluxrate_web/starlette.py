@@ -373,12 +373,13 @@ class FluxrateMiddleware:
             if self.reject_mode and await self._reject(scope, receive, send):
                 return
             exchange = _Exchange(self, scope, send)
+            exchange._receive = receive
         except Exception:
             _warn("setup", "fluxrate: request not metered, setup failed", exc_info=True)
             await self.app(scope, receive, send)
             return
         try:
-            await self.app(scope, exchange.receive_from(receive), exchange.send)
+            await self.app(scope, exchange.receive, exchange.send)
         except BaseException as exc:
             if not exchange.finished:
                 # The seam's flags: completed=False means the client went away, error=True
@@ -629,24 +630,25 @@ async def _flush_off_loop(metering: Metering) -> None:
 
 class _Exchange(ScopeRequestView):
     """The state of one HTTP request/response going through the middleware (and, being a
-    :class:`ScopeRequestView`, what core sees of the request)."""
+    :class:`ScopeRequestView`, what core sees of the request).
+
+    Kept small: this is built for every request."""
 
     __slots__ = (
         "_receive",
         "_send",
         "carriers",
         "finished",
-        "metering",
         "middleware",
         "request_bytes",
         "response_bytes",
-        "response_headers",
         "root_path",
+        "start",
         "started",
-        "status",
         "token",
-        "trailers",
     )
+
+    _receive: Receive  # set by the middleware right after construction
 
     def __init__(self, middleware: FluxrateMiddleware, scope: Scope, send: Send) -> None:
         self.scope = scope
@@ -654,25 +656,18 @@ class _Exchange(ScopeRequestView):
         self._query = None
         self._request = None
         self.middleware = middleware
-        self.metering = middleware.metering
         self._send = send
         self.root_path: str = scope.get("root_path", "")
-        self.status: int | None = None
-        self.response_headers: list[tuple[bytes, bytes]] | None = None
+        self.start: Message | None = None  # the http.response.start message
         self.request_bytes = 0
         self.response_bytes = 0
-        self.trailers = False
         self.finished = False
         self.carriers: tuple[object, ...] = ()
         self.started = time.perf_counter()
-        self.token = self.metering.open_scope()
+        self.token = middleware.metering.open_scope()
         scope[_SCOPE_KEY] = self
 
     # -- the wrapped channels
-
-    def receive_from(self, receive: Receive) -> Receive:
-        self._receive = receive
-        return self.receive
 
     async def receive(self) -> Message:
         message = await self._receive()
@@ -684,16 +679,14 @@ class _Exchange(ScopeRequestView):
         kind = message["type"]
         if kind == "http.response.body":
             self.response_bytes += len(message.get("body", b""))
-            if not message.get("more_body", False) and not self.trailers:
+            if not message.get("more_body", False) and not self._trailers():
                 await self._send(message)
                 pending = self.finish(True, False)
                 if pending is not None:
                     await pending
                 return
         elif kind == "http.response.start":
-            self.status = message["status"]
-            self.response_headers = message.get("headers")
-            self.trailers = bool(message.get("trailers", False))
+            self.start = message
         elif kind == "http.response.trailers":
             if not message.get("more_trailers", False):
                 await self._send(message)
@@ -713,15 +706,25 @@ class _Exchange(ScopeRequestView):
             return
         await self._send(message)
 
+    def _trailers(self) -> bool:
+        start = self.start
+        return start is not None and bool(start.get("trailers", False))
+
+    @property
+    def status(self) -> int | None:
+        start = self.start
+        return None if start is None else int(start["status"])
+
     def response_header(self, name: str) -> str | None:
         """A response header (case-insensitive), for ``response_header:`` quantities."""
-        headers = self.response_headers
+        start = self.start
+        headers = None if start is None else start.get("headers")
         if not headers:
             return None
         key = name.lower().encode("latin-1")
         for k, v in headers:
             if k.lower() == key:
-                return v.decode("latin-1")
+                return v.decode("latin-1") if isinstance(v, bytes) else str(v)
         return None
 
     # -- routing and FastAPI dependencies
@@ -733,6 +736,10 @@ class _Exchange(ScopeRequestView):
 
     def plan(self) -> RoutePlan:
         return self.middleware.plan_for(self.scope, self.root_path, self.carriers)
+
+    @property
+    def metering(self) -> Metering:
+        return self.middleware.metering
 
     async def missing_required_customer(self) -> bool:
         """Whether the route needs a customer (reject mode) and none resolves, now."""
@@ -760,9 +767,29 @@ class _Exchange(ScopeRequestView):
             return None
         self.finished = True
         try:
-            plan = self.plan()
-            metering = self.metering
-            status = self.status
+            middleware = self.middleware
+            scope = self.scope
+            route = scope.get("route")
+            plan: RoutePlan | None = None
+            if route is not None and not self.carriers:
+                # plan_for()'s cache, inlined: this runs for every request
+                fastapi_scope = scope.get("fastapi")
+                ctx = fastapi_scope.get("effective_route_context") if fastapi_scope else None
+                key = (
+                    id(route),
+                    id(ctx),
+                    scope["method"],
+                    scope.get("root_path", ""),
+                    self.root_path,
+                )
+                hit = middleware._plans.get(key)
+                if hit is not None and hit[0] is route and hit[1] is ctx:
+                    plan = hit[2]
+            if plan is None:
+                plan = middleware.plan_for(scope, self.root_path, self.carriers)
+            metering = middleware.metering
+            start = self.start
+            status = None if start is None else start.get("status")
             if status is None and error:
                 status = 500  # what the server (or ServerErrorMiddleware) answers
             use_async = plan.needs_async and may_await
