@@ -1,0 +1,468 @@
+"""The docs' examples run: the framework quickstarts word for word, against the devserver.
+
+How a page is tested (read this if you write docs):
+
+* Pages: the ``## Quickstart`` section of each framework page (``QUICKSTARTS``), and the whole
+  of the pages in ``PAGES``. ``docs/configuration.md`` and ``docs/testing.md`` are tested by
+  ``tests/core/test_docs_configuration.py`` and not here.
+* Each ```` ```yaml ```` block is loaded with ``fluxrate_web.load_config`` (from a temporary
+  file) and, for the Python blocks after it, becomes ``./fluxrate.yaml``.
+* The ```` ```python ```` blocks of a page run in order, in one namespace (``__name__`` is
+  ``"docs_example"``, so ``if __name__ == "__main__": ...`` does not run), in a subprocess whose
+  working directory is a fresh temporary directory, with ``FLUXRATE_API_KEY`` and
+  ``FLUXRATE_BASE_URL`` pointing at a devserver started for the page.
+* In ```` ```bash ```` / ```` ```console ```` blocks (never run as shell): a
+  ``fluxrate-web devserver ... --meter NAME:AGG:TOKEN`` line seeds those meters in the page's
+  devserver; ``export NAME=value`` sets an environment variable for the Python blocks (except
+  ``FLUXRATE_API_KEY`` / ``FLUXRATE_BASE_URL``, which stay the devserver's); a ``curl`` line
+  sends that request, at that point of the page, to the app the Python blocks built (``app``,
+  else ``create_app()``, else ``application``, else Django's WSGI app when
+  ``DJANGO_SETTINGS_MODULE`` is exported), in process (WSGI or ASGI, no socket). It must answer
+  below 400, and the customer of its ``X-Customer-Id`` header must reach the devserver. A curl
+  line may also be given hidden, as an HTML comment: ``<!-- docs-test: curl ... -->``.
+* ``<!-- docs-test: skip -->`` on the line before a fence skips that block (fragments,
+  server-starting snippets). ``<!-- docs-test: file=NAME -->`` before a fence writes the block
+  to ``NAME`` in the working directory instead of running it (e.g. ``settings.py``).
+* ``text``, ``json``, ``toml``, ``ini`` and other languages are never run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fluxrate_web import load_config
+from fluxrate_web.devserver import DevServer
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs"
+
+QUICKSTARTS = ("fastapi.md", "starlette.md", "django.md", "flask.md")
+PAGES = (
+    "index.md",
+    "guarantees.md",
+    "metrics.md",
+    "security.md",
+    "troubleshooting.md",
+    "cli.md",
+)
+TESTED_ELSEWHERE = ("configuration.md", "testing.md")  # tests/core/test_docs_configuration.py
+
+# meters every page's devserver has: the example tokens the docs use
+DOC_METERS = {
+    "api_calls": "SUM:550e8400-e29b-41d4-a716-446655440000",
+    "ai_tokens": "SUM:6ba7b810-9dad-11d1-80b4-00c04fd430c8",
+}
+YAML_ENV = {
+    "FLUXRATE_API_KEY": "org_live_docs_example",
+    "FLUXRATE_BASE_URL": "http://127.0.0.1:9",
+    "FLUXRATE_TOKENS_METER": "6ba7b810-9dad-11d1-80b4-00c04fd430c8",
+    "HOME": "/home/docs",
+}
+
+FENCE = re.compile(
+    r"^(?P<indent>[ ]*)```(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```[ \t]*$",
+    re.S | re.M,
+)
+DIRECTIVE = re.compile(r"<!--\s*docs-test:\s*(?P<what>.*?)\s*-->")
+SHELL = ("bash", "console", "sh", "shell")
+
+
+@dataclass
+class Step:
+    kind: str  # python | yaml | file | curl | env
+    line: int
+    text: str = ""
+    name: str = ""
+    request: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Page:
+    name: str
+    steps: list[Step]
+    meters: dict[str, str]
+
+
+def _directive_before(text: str, start: int) -> str | None:
+    """The ``docs-test`` directive on the last non-blank line before ``start``."""
+    before = text[:start].rstrip().rsplit("\n", 1)[-1]
+    found = DIRECTIVE.search(before)
+    return found.group("what") if found else None
+
+
+def parse_curl(command: str) -> dict[str, Any]:
+    """``curl [-s] [-X M] [-H 'K: V']... [-d DATA | --json DATA] URL`` -> a request."""
+    words = shlex.split(command)
+    assert words, command
+    assert words[0] == "curl", command
+    method, headers, body, url = None, [], None, None
+    i = 1
+    while i < len(words):
+        word = words[i]
+        if word in ("-X", "--request"):
+            method = words[i + 1]
+            i += 2
+        elif word in ("-H", "--header"):
+            key, _, value = words[i + 1].partition(":")
+            headers.append([key.strip(), value.strip()])
+            i += 2
+        elif word in ("-d", "--data", "--data-raw", "--json"):
+            body = words[i + 1]
+            if word == "--json":
+                headers.append(["Content-Type", "application/json"])
+            i += 2
+        elif word.startswith("-"):
+            i += 1
+        else:
+            url = word
+            i += 1
+    assert url is not None, f"no URL in {command!r}"
+    if "://" not in url:
+        url = "http://" + url
+    rest = url.split("://", 1)[1]
+    target = "/" + rest.split("/", 1)[1] if "/" in rest else "/"
+    path, _, query = target.partition("?")
+    return {
+        "method": method or ("POST" if body is not None else "GET"),
+        "path": path,
+        "query": query,
+        "headers": headers,
+        "body": body or "",
+    }
+
+
+def _shell_steps(body: str, line: int, meters: dict[str, str]) -> list[Step]:
+    steps: list[Step] = []
+    joined = body.replace("\\\n", " ")
+    for raw in joined.splitlines():
+        command = raw.strip()
+        if command.startswith("$ "):
+            command = command[2:]
+        if command.startswith("fluxrate-web devserver"):
+            words = shlex.split(command)
+            for i, word in enumerate(words):
+                if word == "--meter" and i + 1 < len(words):
+                    name, _, spec = words[i + 1].partition(":")
+                    meters[name] = spec
+        elif command.startswith("export "):
+            name, _, value = command[len("export ") :].partition("=")
+            if name not in ("FLUXRATE_API_KEY", "FLUXRATE_BASE_URL"):
+                steps.append(
+                    Step("env", line, text=shlex.split(value)[0] if value else "", name=name)
+                )
+        elif command.startswith("curl "):
+            steps.append(Step("curl", line, text=command, request=parse_curl(command)))
+    return steps
+
+
+def quickstart_section(text: str) -> tuple[str, int]:
+    """The ``## Quickstart`` section of a page and the line it starts on."""
+    found = re.search(r"^## Quickstart\b.*$", text, re.M)
+    if found is None:
+        raise AssertionError("no '## Quickstart' section")
+    end = re.search(r"^## ", text[found.end() :], re.M)
+    section = text[found.start() : found.end() + end.start() if end else len(text)]
+    return section, text.count("\n", 0, found.start())
+
+
+def parse_page(name: str) -> Page:
+    text = (DOCS / name).read_text(encoding="utf-8")
+    offset = 0
+    if name in QUICKSTARTS:
+        text, offset = quickstart_section(text)
+    meters = dict(DOC_METERS)
+    steps: list[Step] = []
+    position = 0
+    for fence in FENCE.finditer(text):
+        # hidden curl directives between the previous fence and this one
+        steps += _hidden_curls(text, position, fence.start(), offset)
+        position = fence.end()
+        line = offset + text.count("\n", 0, fence.start()) + 2  # the first line of the body
+        body = textwrap.dedent(fence.group("body"))
+        lang = fence.group("lang").lower()
+        directive = _directive_before(text, fence.start())
+        if directive == "skip":
+            continue
+        if directive and directive.startswith("file="):
+            steps.append(Step("file", line, text=body, name=directive[len("file=") :]))
+        elif lang in ("python", "py"):
+            steps.append(Step("python", line, text=body))
+        elif lang in ("yaml", "yml"):
+            steps.append(Step("yaml", line, text=body))
+        elif lang in SHELL:
+            steps += _shell_steps(body, line, meters)
+    steps += _hidden_curls(text, position, len(text), offset)
+    return Page(name, steps, meters)
+
+
+def _hidden_curls(text: str, start: int, end: int, offset: int) -> list[Step]:
+    steps = []
+    for found in DIRECTIVE.finditer(text, start, end):
+        what = found.group("what")
+        if what.startswith("curl "):
+            line = offset + text.count("\n", 0, found.start()) + 1
+            steps.append(Step("curl", line, text=what, request=parse_curl(what)))
+    return steps
+
+
+def _pages(names: tuple[str, ...]) -> list[Any]:
+    return [
+        pytest.param(name, id=name)
+        if (DOCS / name).exists()
+        else pytest.param(name, id=name, marks=pytest.mark.skip(reason=f"docs/{name} not written"))
+        for name in names
+    ]
+
+
+def _yaml_blocks() -> list[Any]:
+    params = []
+    for name in (*QUICKSTARTS, *PAGES):
+        if not (DOCS / name).exists():
+            continue
+        for step in parse_page(name).steps:
+            if step.kind == "yaml":
+                params.append(pytest.param(name, step.line, step.text, id=f"{name}:{step.line}"))
+    return params
+
+
+# --------------------------------------------------------------------------- the runner
+
+RUNNER = r"""
+import asyncio, inspect, io, json, os, sys, wsgiref.util
+
+sys.path.insert(0, os.getcwd())
+spec = json.loads(sys.stdin.read())
+ns = {"__name__": "docs_example"}
+factories = {}
+results = []
+
+
+def find_app():
+    for name in ("app", "application"):
+        if ns.get(name) is not None:
+            return ns[name]
+    factory = ns.get("create_app")
+    if factory is not None:
+        if factory not in factories:
+            factories[factory] = factory()
+        return factories[factory]
+    if os.environ.get("DJANGO_SETTINGS_MODULE"):
+        from django.core.wsgi import get_wsgi_application
+
+        return get_wsgi_application()
+    raise AssertionError("a curl line, but the page built no app (app, create_app, application)")
+
+
+def is_asgi(app):
+    call = app if inspect.isfunction(app) else getattr(app, "__call__", None)
+    return inspect.iscoroutinefunction(call)
+
+
+def wsgi(app, req):
+    environ = {}
+    wsgiref.util.setup_testing_defaults(environ)
+    body = req["body"].encode()
+    environ.update(REQUEST_METHOD=req["method"], PATH_INFO=req["path"],
+                   QUERY_STRING=req["query"], CONTENT_LENGTH=str(len(body)),
+                   SERVER_NAME="127.0.0.1", HTTP_HOST="127.0.0.1")
+    environ["wsgi.input"] = io.BytesIO(body)
+    for key, value in req["headers"]:
+        name = key.upper().replace("-", "_")
+        if name == "CONTENT_TYPE":
+            environ["CONTENT_TYPE"] = value
+        else:
+            environ["HTTP_" + name] = value
+    status = []
+    result = app(environ, lambda s, h, e=None: status.append(int(s.split()[0])))
+    try:
+        for _ in result:
+            pass
+    finally:
+        if hasattr(result, "close"):
+            result.close()
+    return status[0]
+
+
+async def asgi(app, req):
+    body = req["body"].encode()
+    done = asyncio.Event()
+    sent = []
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": req["method"], "scheme": "http", "path": req["path"],
+             "raw_path": req["path"].encode(), "query_string": req["query"].encode(),
+             "root_path": "", "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80),
+             "headers": [(k.lower().encode(), v.encode()) for k, v in req["headers"]]
+                        + [(b"host", b"127.0.0.1"), (b"content-length", str(len(body)).encode())],
+             "state": {}}
+    first = True
+
+    async def receive():
+        nonlocal first
+        if first:
+            first = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            done.set()
+
+    await app(scope, receive, send)
+    return next(m["status"] for m in sent if m["type"] == "http.response.start")
+
+
+for step in spec["steps"]:
+    kind = step["kind"]
+    if kind == "yaml":
+        with open("fluxrate.yaml", "w", encoding="utf-8") as f:
+            f.write(step["text"])
+    elif kind == "file":
+        with open(step["name"], "w", encoding="utf-8") as f:
+            f.write(step["text"])
+    elif kind == "env":
+        os.environ[step["name"]] = step["text"]
+    elif kind == "python":
+        exec(compile(step["text"], f"{spec['page']}:{step['line']}", "exec"), ns)
+    elif kind == "curl":
+        app = find_app()
+        req = step["request"]
+        status = asyncio.run(asgi(app, req)) if is_asgi(app) else wsgi(app, req)
+        results.append(status)
+        if status >= 400:
+            raise AssertionError(f"{spec['page']}:{step['line']}: {step['text']} -> {status}")
+print("DOCS-RESULT " + json.dumps(results))
+"""
+
+
+def run_page(page: Page, server: DevServer, cwd: Path) -> list[int]:
+    steps = [step.__dict__ for step in page.steps]
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("FLUXRATE_", "DJANGO_", "PYTEST_"))
+    }
+    env.update(
+        FLUXRATE_API_KEY=server.api_key,
+        FLUXRATE_BASE_URL=server.url,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", RUNNER],
+        input=json.dumps({"page": f"docs/{page.name}", "steps": steps}),
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    last = [line for line in result.stdout.splitlines() if line.startswith("DOCS-RESULT ")]
+    if result.returncode != 0 or not last:
+        pytest.fail(f"docs/{page.name}: the examples failed:\n{output[-6000:]}", pytrace=False)
+    statuses: list[int] = json.loads(last[-1][len("DOCS-RESULT ") :])
+    return statuses
+
+
+# --------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("name", _pages((*QUICKSTARTS, *PAGES)))
+def test_page_examples_run_against_the_devserver(name: str, tmp_path: Path) -> None:
+    page = parse_page(name)
+    if not any(step.kind in ("python", "curl") for step in page.steps):
+        pytest.skip(f"docs/{name} has no runnable example")
+    with DevServer(meters=page.meters) as server:
+        statuses = run_page(page, server, tmp_path)
+        curls = [step for step in page.steps if step.kind == "curl"]
+        assert len(statuses) == len(curls)
+        summary = server.summary()
+        for step in curls:
+            customers = [v for k, v in step.request["headers"] if k.lower() == "x-customer-id"]
+            for customer in customers:
+                assert customer in summary, f"docs/{name}:{step.line}: {customer} not billed"
+        log = server.log_text()
+    assert "Traceback" not in log, log
+
+
+@pytest.mark.parametrize("name", _pages(QUICKSTARTS))
+def test_quickstart_bills_a_request(name: str) -> None:
+    """A quickstart ends with a request that is billed: the reader sees it work."""
+    page = parse_page(name)
+    assert any(step.kind == "python" for step in page.steps), "no Python block"
+    assert any(step.kind == "curl" for step in page.steps), "no curl line to try it"
+
+
+@pytest.mark.parametrize(("name", "line", "text"), _yaml_blocks())
+def test_yaml_blocks_load(name: str, line: int, text: str, tmp_path: Path) -> None:
+    path = tmp_path / "fluxrate.yaml"
+    path.write_text(text, encoding="utf-8")
+    load_config(path, env=YAML_ENV)
+
+
+def test_collector_reads_fences_directives_and_curl() -> None:
+    text = textwrap.dedent(
+        """\
+        ## Quickstart
+
+        ```bash
+        fluxrate-web devserver --meter api_calls:SUM:11111111-2222-3333-4444-555555555555
+        export FLUXRATE_API_KEY=ignored
+        export DJANGO_SETTINGS_MODULE=mysite.settings
+        ```
+
+        <!-- docs-test: skip -->
+        ```python
+        raise SystemExit
+        ```
+
+        <!-- docs-test: file=settings.py -->
+        ```python
+        DEBUG = True
+        ```
+
+        ```python
+        x = 1
+        ```
+
+        <!-- docs-test: curl -H 'X-Customer-Id: acme' localhost:8000/v1/items/1?full=1 -->
+
+        ## Next
+        ```python
+        not_in_the_quickstart()
+        ```
+        """
+    )
+    section, _ = quickstart_section(text)
+    assert "not_in_the_quickstart" not in section
+    request = parse_curl("curl -s -X PUT -H 'X-Customer-Id: a' -d '{}' http://h:1/p?q=2")
+    assert request == {
+        "method": "PUT",
+        "path": "/p",
+        "query": "q=2",
+        "headers": [["X-Customer-Id", "a"]],
+        "body": "{}",
+    }
+    meters: dict[str, str] = {}
+    shell = _shell_steps(text.split("```bash\n")[1].split("```")[0], 3, meters)
+    assert meters == {"api_calls": "SUM:11111111-2222-3333-4444-555555555555"}
+    assert [(s.kind, s.name, s.text) for s in shell] == [
+        ("env", "DJANGO_SETTINGS_MODULE", "mysite.settings")
+    ]
+    assert _directive_before(section, section.index("```python\nraise")) == "skip"
+    assert [s.request["path"] for s in _hidden_curls(section, 0, len(section), 0)] == [
+        "/v1/items/1"
+    ]
