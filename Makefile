@@ -26,7 +26,7 @@ $(VENV)/.stamp-bench: pyproject.toml | $(BIN)/activate
 demo: $(VENV)/.stamp-demo
 	$(PY) examples/demo.py
 
-test: $(VENV)/.stamp-dev lint typecheck pytest
+test: $(VENV)/.stamp-dev lint typecheck pytest docs
 
 lint: $(VENV)/.stamp-dev
 	$(BIN)/ruff check fluxrate_web tests examples bench
@@ -37,6 +37,10 @@ typecheck: $(VENV)/.stamp-dev
 
 pytest: $(VENV)/.stamp-dev
 	$(BIN)/pytest
+
+# the docs site (docs/, mkdocs.yml) into site/; --strict: a broken link or reference fails
+docs: $(VENV)/.stamp-dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: $(VENV)/.stamp-bench
 	$(PY) bench/transports.py
