@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -293,6 +294,12 @@ def _read(
         extra.histogram().add_metric(labels, histogram[0], histogram[1])
 
 
+_registered: weakref.WeakKeyDictionary[CollectorRegistry, FluxrateCollector] = (
+    weakref.WeakKeyDictionary()
+)
+_registered_lock = threading.Lock()
+
+
 def register(
     source: Source,
     *,
@@ -303,8 +310,15 @@ def register(
     ``prometheus_client.make_asgi_app()`` / ``make_wsgi_app()`` / ``generate_latest()`` serve).
 
     ``source``: a ``FluxrateClient``, a ``Metering``, or a function of no argument returning
-    one (read at every scrape: e.g. ``fluxrate_web.django.get_metering``). Returns the
-    collector (``registry.unregister(collector)`` removes it)."""
-    collector = FluxrateCollector(source, name=name)
-    registry.register(collector)
+    one (read at every scrape: e.g. ``fluxrate_web.django.get_metering``). One collector serves
+    each registry: calling ``register`` again (an app factory run per test, a second client)
+    adds the source to it, replacing the one of the same ``name``. Returns the collector
+    (``registry.unregister(collector)`` removes it)."""
+    with _registered_lock:
+        collector = _registered.get(registry)
+        if collector is None:
+            collector = FluxrateCollector()
+            registry.register(collector)
+            _registered[registry] = collector
+        collector.add(source, name=name)
     return collector

@@ -6,7 +6,8 @@ How a page is tested (read this if you write docs):
   of the pages in ``PAGES``. ``docs/configuration.md`` and ``docs/testing.md`` are tested by
   ``tests/core/test_docs_configuration.py`` and not here.
 * Each ```` ```yaml ```` block is loaded with ``fluxrate_web.load_config`` (from a temporary
-  file) and, for the Python blocks after it, becomes ``./fluxrate.yaml``.
+  file) and, for the Python blocks after it, becomes ``./fluxrate.yaml``. Before a page's first
+  YAML block, ``./fluxrate.yaml`` is the one of ``docs/index.md`` (the home page's example).
 * The ```` ```python ```` blocks of a page run in order, in one namespace (``__name__`` is
   ``"docs_example"``, so ``if __name__ == "__main__": ...`` does not run), in a subprocess whose
   working directory is a fresh temporary directory, with ``FLUXRATE_API_KEY`` and
@@ -348,6 +349,8 @@ print("DOCS-RESULT " + json.dumps(results))
 
 
 def run_page(page: Page, server: DevServer, cwd: Path) -> list[int]:
+    home = next(step for step in parse_page("index.md").steps if step.kind == "yaml")
+    (cwd / "fluxrate.yaml").write_text(home.text, encoding="utf-8")
     steps = [step.__dict__ for step in page.steps]
     env = {
         key: value

@@ -207,3 +207,15 @@ def test_latency_histogram_and_aggregation_when_the_client_has_them(
     assert samples[("fluxrate_aggregation_emitted_total", "default")] == 10
     assert samples[("fluxrate_aggregation_open", "default")] == 2
     assert ("fluxrate_queue_depth", "default") not in samples  # unknown: not invented
+
+
+def test_register_again_adds_to_the_same_collector(registry: CollectorRegistry) -> None:
+    """An app factory run once per test registers again: no 'Duplicated timeseries'."""
+    first, second = CapturingClient(), CapturingClient()
+    collector = register(first, registry=registry)
+    assert register(second, registry=registry) is collector  # replaces "default"
+    assert register(first, name="other", registry=registry) is collector
+    second.note_dropped("no customer")
+    samples = scrape(registry)
+    assert samples[("fluxrate_events_dropped_total", "default")] == 1
+    assert samples[("fluxrate_events_dropped_total", "other")] == 0
