@@ -346,6 +346,15 @@ def _known_customer(plan: RoutePlan, environ: Mapping[str, Any]) -> str | None:
     return environ.get(_CUSTOMER_KEY) if plan.uniform else None
 
 
+def _uses_user(plan: RoutePlan) -> bool:
+    resolvers = [plan.resolver, *(m.resolver for m in plan.meters if m.resolver is not None)]
+    return any(
+        isinstance(spec, str) and spec.startswith("user:")
+        for resolver in resolvers
+        for spec in resolver.specs
+    )
+
+
 def _request_bytes(environ: Mapping[str, Any]) -> int:
     length = environ.get("CONTENT_LENGTH")
     if not length:
@@ -601,7 +610,8 @@ class FluxrateState:
         customer = None
         if plan.uniform:  # one customer for every meter: resolve it while g and the user live
             customer = environ.get(_CUSTOMER_KEY) or self._customer(plan, view) or ""
-        # else each meter's own resolver runs when the body is done, on the bound view
+        elif _uses_user(plan):
+            view.user()  # each meter's resolver runs when the body is done: load the user now
         _detach_scope(scope)
         pending = _PendingStream(
             self.app,

@@ -315,3 +315,19 @@ def test_reject_mode_keeps_the_apps_own_early_answer(
 
     response = app.test_client().get("/api/data", headers={"X-Maintenance": "1"})
     assert response.status_code == 503
+
+
+def test_stream_with_a_per_meter_user_resolver(
+    make_app: AppFactory, recorder: RecordingClient
+) -> None:
+    app = login_app(make_app)
+
+    @app.get("/report")
+    @meter("api_calls", customer="header:X-Customer-Id")
+    @meter("tokens", customer="user:org.external_id")
+    def report() -> Response:
+        return Response(iter([b"r"]))
+
+    response = app.test_client().get("/report", headers={"X-User": "u1", **CUSTOMER})
+    assert response.data == b"r"  # billed now, outside the request context
+    assert sorted(recorder.billed()) == [("api_calls", "cus_1", 1), ("tokens", "org_one", 1)]
