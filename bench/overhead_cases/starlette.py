@@ -21,9 +21,9 @@ NOTES = {
     "bare": "the app alone",
     "fluxrate": (
         "FluxrateMiddleware; the route billed by a config rule (api_calls, customer from "
-        "X-Customer-Id); events built by the real seam and client validation, kept by "
-        "fluxrate_web.testing.CapturingClient (delivery runs off the request path and is "
-        "measured by bench/transports.py)"
+        "X-Customer-Id); each event built and validated by the real seam and FluxrateClient, "
+        "then captured (capture_events()) instead of queued: delivery, in the client's "
+        "background thread, is measured separately by bench/transports.py"
     ),
 }
 
@@ -73,30 +73,41 @@ def fluxrate_settings() -> dict[str, Any]:
     }
 
 
-def metered(make: Callable[[], Any]) -> Any:
+_KEEP: list[Any] = []
+
+
+def metered(make: Callable[[], Any]) -> tuple[Any, list[Any]]:
+    """The app with FluxrateMiddleware and a real FluxrateClient whose events are captured
+    (``capture_events()``: validated, built and handed over by the real client code, kept in a
+    list instead of the delivery queue). Returns the app and that list."""
+    from fluxrate_web.core.client import FluxrateClient, capture_events
     from fluxrate_web.core.metering import Metering
     from fluxrate_web.starlette import FluxrateMiddleware
-    from fluxrate_web.testing import CapturingClient
 
-    client = CapturingClient()
+    capture = capture_events()
+    _KEEP.append(capture)  # a collected context manager would end the capture
+    captured: list[Any] = capture.__enter__()  # for the life of this case's process
+    client = FluxrateClient(
+        api_key="org_live_bench", base_url="http://127.0.0.1:9", allow_insecure=True
+    )
     metering = Metering.from_config(overrides=fluxrate_settings(), client=client)
     app = make()
     app.add_middleware(FluxrateMiddleware, metering=metering)
-    return app, client
+    return app, captured
 
 
 def fluxrate_case(make: Callable[[], Any]) -> Callable[[], Any]:
-    app, client = metered(make)
+    app, captured = metered(make)
     one = asgi_request(app, PATH)
     count = [0]
 
     async def call() -> None:
         await one()
         count[0] += 1
-        if count[0] == 1 and len(client.events) != 1:
+        if count[0] == 1 and len(captured) != 1:
             raise AssertionError("the metered route did not produce its event")
         if count[0] % 10_000 == 0:  # keep the captured list (the "queue") bounded
-            client.clear()
+            captured.clear()
 
     return call
 
