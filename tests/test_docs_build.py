@@ -46,3 +46,25 @@ def test_every_page_is_in_the_nav() -> None:
     pages = {path.name for path in (REPO / "docs").glob("*.md")}
     assert pages - listed == set(), "pages missing from the nav of mkdocs.yml"
     assert listed - pages == set(), "the nav of mkdocs.yml names pages that do not exist"
+
+
+def test_cli_page_documents_every_subcommand_and_option() -> None:
+    """docs/cli.md names every ``fluxrate-web`` subcommand and each of its options, read from
+    the parsers themselves (``configure(parser)`` of each subcommand's module)."""
+    import argparse
+    import importlib
+
+    from fluxrate_web.cli import SUBCOMMANDS
+
+    text = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
+    for name, (module_name, _help) in SUBCOMMANDS.items():
+        assert f"## `fluxrate-web {name}`" in text, f"no section for fluxrate-web {name}"
+        parser = argparse.ArgumentParser(prog=f"fluxrate-web {name}")
+        importlib.import_module(module_name).configure(parser)
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            names = action.option_strings or [action.metavar or action.dest]
+            assert any(f"`{option}`" in text for option in names), (
+                f"fluxrate-web {name}: {names[0]} is not documented in docs/cli.md"
+            )
