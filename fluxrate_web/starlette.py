@@ -48,8 +48,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fluxrate_web.core._log import log_limited
 from fluxrate_web.core.config import Config
 from fluxrate_web.core.metering import Metering, RoutePlan
-from fluxrate_web.core.rules import ATTRIBUTE as RULES_ATTRIBUTE
-from fluxrate_web.core.rules import RequestRules, rules_of
+from fluxrate_web.core.rules import RequestRules
 
 __all__ = ["REJECT_DETAIL", "FluxrateMiddleware", "ScopeRequestView", "current_exchange"]
 
@@ -436,7 +435,7 @@ class FluxrateMiddleware:
 
         ``root_path`` is the scope's ``root_path`` when the request entered the middleware.
         ``carriers`` are objects holding ``@meter`` rules added at run time (FastAPI
-        ``Depends(metered(...))``); they are handed to the seam as the handler.
+        ``Depends(metered(...))``); they are handed to the seam as group ``defaults``.
 
         Cached per (route object, FastAPI include context, method, mount prefix): after the
         first request of a route this is one dict lookup."""
@@ -498,9 +497,9 @@ class FluxrateMiddleware:
         handler: object = None
         if isinstance(endpoint, type):  # class-based HTTPEndpoint: the method's handler
             handler = _endpoint_handler(endpoint, method)
-        if carriers:
-            handler = _carrier_for(carriers if handler is None else (*carriers, handler))
-        plan = self.metering.route(template, method, endpoint, handler=handler, name=name)
+        plan = self.metering.route(
+            template, method, endpoint, handler=handler, name=name, defaults=carriers
+        )
         return plan, cacheable
 
     def _mount_template(self, routed_root: str, root_path: str) -> str | None:
@@ -566,32 +565,6 @@ def _endpoint_handler(endpoint: type, method: str) -> object:
     if handler is None and method == "HEAD":
         handler = getattr(endpoint, "get", None)
     return handler
-
-
-class _Carriers:
-    """Holds the ``@meter`` rules of several objects, read by the seam like a decorated view."""
-
-
-_CARRIERS: dict[tuple[object, ...], object] = {}
-
-
-def _carrier_for(carriers: tuple[object, ...]) -> object:
-    """One object with the ``@meter`` rules of all ``carriers`` (cached: the seam caches plans
-    by identity of the handler)."""
-    if len(carriers) == 1:
-        return carriers[0]
-    combined = _CARRIERS.get(carriers)
-    if combined is None:
-        combined = _Carriers()
-        rules: list[object] = []
-        for carrier in carriers:
-            for rule in rules_of(carrier):
-                if not any(rule is seen for seen in rules):
-                    rules.append(rule)
-        setattr(combined, RULES_ATTRIBUTE, tuple(rules))
-        if len(_CARRIERS) < 4096:
-            _CARRIERS[carriers] = combined
-    return combined
 
 
 def _build_metering(

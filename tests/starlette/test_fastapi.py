@@ -340,3 +340,32 @@ def test_mount_of_a_plain_route_list(
         assert http.get("/m/acme/leaf", headers=CUSTOMER).text == "leaf"
         assert http.get("/m/globex/leaf", headers=CUSTOMER).text == "leaf"
     assert quantities(client) == [(API_CALLS, "cust-1", 1)] * 2
+
+
+def test_metered_dependency_and_meter_decorator_together(
+    make_metering: Callable[..., Metering], client: CapturingClient
+) -> None:
+    app = FastAPI(dependencies=[Depends(metered("api_calls"))])
+    app.add_middleware(FluxrateMiddleware, metering=make_metering())
+
+    @app.get("/same")
+    @meter("api_calls", quantity=2)  # the endpoint's own meter wins over the dependency's
+    def same() -> dict[str, str]:
+        return {}
+
+    @app.get("/other", dependencies=[Depends(metered("tokens", quantity=3))])
+    @meter("bytes_out", quantity=4)
+    def other() -> dict[str, str]:
+        return {}
+
+    with TestClient(app) as http:
+        http.get("/same", headers=CUSTOMER)
+        http.get("/other", headers=CUSTOMER)
+    assert sorted(quantities(client)) == sorted(
+        [
+            (API_CALLS, "cust-1", 2),
+            (BYTES, "cust-1", 4),
+            (TOKENS, "cust-1", 3),
+            (API_CALLS, "cust-1", 1),
+        ]
+    )
