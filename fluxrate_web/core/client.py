@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import Any
 
 from fluxrate_web.core._log import logger, warn_limited
+from fluxrate_web.core.aggregation import AggregationSpec, WindowAggregator
 from fluxrate_web.core.dispatcher import (
     Counters,
     Lane,
@@ -136,8 +137,39 @@ class ClientStats:
         lane = self._client._lane
         return lane.pending if lane is not None and not lane.closed else 0
 
-    def as_dict(self) -> dict[str, int]:
-        return {
+    # pre-aggregation (0 / 1.0 without it)
+
+    @property
+    def folded(self) -> int:
+        """Usages folded into an aggregate instead of being sent singly."""
+        self._c  # noqa: B018  # (the fork check)
+        agg = self._client._aggregator
+        return agg.stats.folded if agg is not None else 0
+
+    @property
+    def aggregates(self) -> int:
+        """Aggregates emitted (handed to the queue); ``enqueued`` counts them too."""
+        self._c  # noqa: B018
+        agg = self._client._aggregator
+        return agg.stats.emitted if agg is not None else 0
+
+    @property
+    def aggregates_open(self) -> int:
+        """Aggregates still open in memory (their usage is not sent yet)."""
+        self._c  # noqa: B018
+        agg = self._client._aggregator
+        return agg.stats.open if agg is not None else 0
+
+    @property
+    def reduction_ratio(self) -> float:
+        """Usages per aggregate (emitted or open); 1.0 without pre-aggregation."""
+        self._c  # noqa: B018
+        agg = self._client._aggregator
+        return agg.stats.reduction_ratio if agg is not None else 1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """All counters at once; the pre-aggregation ones only when it is configured."""
+        values: dict[str, Any] = {
             "enqueued": self.enqueued,
             "delivered": self.delivered,
             "deduplicated": self.deduplicated,
@@ -146,6 +178,14 @@ class ClientStats:
             "dropped": self.dropped,
             "pending": self.pending,
         }
+        agg = self._client._aggregator
+        if agg is not None:
+            agg_stats = agg.stats
+            values["folded"] = agg_stats.folded
+            values["aggregates"] = agg_stats.emitted
+            values["aggregates_open"] = agg_stats.open
+            values["reduction_ratio"] = agg_stats.reduction_ratio
+        return values
 
     def __repr__(self) -> str:
         return "ClientStats(" + ", ".join(f"{k}={v}" for k, v in self.as_dict().items()) + ")"
@@ -176,6 +216,11 @@ class FluxrateClient:
     lines, mode 0600) or, without one, to a WARNING log line. ``verify``: ``True`` (system CAs),
     a CA bundle path, an ``ssl.SSLContext``, or ``False`` (no TLS verification: development
     only). Proxies come from ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY``.
+
+    ``aggregation`` ({meter token: :class:`~fluxrate_web.core.aggregation.AggregationSpec`})
+    pre-aggregates those meters: ``track()`` folds their usages per meter, customer, metadata
+    and window (usages with an ``idempotency_key`` are sent singly), the worker sends closed
+    windows about once a second, ``flush()``/``close()``/interpreter exit send the open ones.
     """
 
     def __init__(
@@ -195,6 +240,7 @@ class FluxrateClient:
         verify: bool | str | ssl.SSLContext = True,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
+        aggregation: Mapping[str, AggregationSpec] | None = None,
     ) -> None:
         if api_key is not None and not isinstance(api_key, str):
             raise ConfigError("api_key: expected a string")
@@ -230,6 +276,14 @@ class FluxrateClient:
             os.fspath(failed_events_path) if failed_events_path is not None else None
         )
         self._secrets = self._wire.secrets
+        if aggregation is not None and not isinstance(aggregation, Mapping):
+            raise ConfigError("aggregation: expected a mapping of meter tokens to AggregationSpec")
+        for token, spec in (aggregation or {}).items():
+            if not isinstance(token, str) or not isinstance(spec, AggregationSpec):
+                raise ConfigError(
+                    f"aggregation[{token!r}]: expected a meter token mapped to an AggregationSpec"
+                )
+        self.aggregation: dict[str, AggregationSpec] = dict(aggregation or {})
         self._closed = False
         self._reset_process_state()
         self.stats = ClientStats(self)
@@ -241,6 +295,9 @@ class FluxrateClient:
         self._lane: Lane | None = None
         self._counters = Counters()
         self._failure_log = FailureLog(self.failed_events_path, secrets=self._secrets)
+        # a fresh aggregator per process: a forked child never inherits (nor sends) the
+        # parent's open aggregates, and gets a new instance id for its aggregate keys
+        self._aggregator = WindowAggregator(self.aggregation) if self.aggregation else None
 
     # ------------------------------------------------------------------ repr
 
@@ -287,7 +344,35 @@ class FluxrateClient:
         except Exception as exc:  # e.g. a metadata mapping whose __iter__ raises
             self.note_dropped(f"{type(exc).__name__}: {exc}")
             return None
+        if self.aggregation and idempotency_key is None and not _captures:
+            try:
+                if self._fold(event):
+                    return event  # accepted: the aggregate's own key is what gets sent
+            except Exception:  # never into the request: send it singly instead
+                logger.exception("could not pre-aggregate a usage event")
         return event if self.enqueue(event) else None
+
+    def _fold(self, event: UsageEvent) -> bool:
+        """Fold ``event`` into its window's aggregate; False: send it as a single event."""
+        if self._pid != os.getpid():
+            self._after_fork()
+        agg = self._aggregator
+        if agg is None or self._closed or not agg.aggregates(event.meter_token):
+            return False
+        lane = self._lane
+        if lane is None or lane.closed:
+            if exiting():  # nobody would send the window: the single path logs it
+                return False
+            lane = self._start_lane()  # the lane's tick sends the window when it closes
+            if lane is None:
+                return False
+        return agg.add(
+            event.meter_token,
+            event.customer_external_id,
+            event.quantity,
+            timestamp=event.timestamp,
+            metadata=event.metadata,
+        )
 
     def enqueue(self, event: UsageEvent) -> bool:
         """Queue an already-built event. ``True`` if queued (or captured). Never raises."""
@@ -379,6 +464,7 @@ class FluxrateClient:
                 counters=self._counters,
                 failure_log=self._failure_log,
                 name=hex(id(self))[-6:],
+                aggregator=self._aggregator,
             )
             self._lane = lane
             # a client dropped without close(): its lane drains in the background, then closes
@@ -412,6 +498,10 @@ class FluxrateClient:
         lane = self._lane
         if lane is None or lane.closed:
             return True
+        agg = self._aggregator
+        if agg is not None:
+            for event in agg.drain():  # open windows are sent now
+                self.enqueue(event)
         return flush_lane(lane, timeout)
 
     def close(self, timeout: float | None = None) -> None:
@@ -426,7 +516,11 @@ class FluxrateClient:
             self._closed = True
             lane = self._lane
         if lane is not None:
-            close_lane(lane, timeout)
+            close_lane(lane, timeout)  # the lane drains the open windows first
+        agg = self._aggregator
+        if agg is not None:  # folded while closing: written out (client_closed), not lost
+            for event in agg.drain():
+                self.enqueue(event)
 
     async def flush_async(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
         """:meth:`flush` without blocking the calling event loop."""

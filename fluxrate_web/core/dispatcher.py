@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 from fluxrate_web.core import _log
 from fluxrate_web.core._log import logger, warn_limited
+from fluxrate_web.core.aggregation import WindowAggregator
 from fluxrate_web.core.errors import ConfigError, TransportError
 from fluxrate_web.core.events import UsageEvent
 from fluxrate_web.core.failures import FailureLog, make_record
@@ -140,6 +141,8 @@ class Lane:
         counters: Counters,
         failure_log: FailureLog,
         name: str = "",
+        aggregator: WindowAggregator | None = None,
+        tick_interval: float = 1.0,
     ) -> None:
         self.runtime = runtime
         self.loop = runtime.loop
@@ -164,6 +167,11 @@ class Lane:
         self._failed_batch: list[dict[str, Any]] = []
         self.wakeups = 0  # cross-thread wake-ups scheduled by submit() (benchmarks read it)
         self._flush_scheduled = False
+        # pre-aggregation: the lane asks for closed windows once per tick and for every open
+        # one when it shuts down (close(), a dropped client, interpreter exit)
+        self.aggregator = aggregator
+        self.tick_interval = tick_interval
+        self._tick_handle: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ any thread
 
@@ -196,6 +204,47 @@ class Lane:
             self._workers.append(
                 self.loop.create_task(self._worker(i), name=f"fluxrate-worker-{self.name}-{i}")
             )
+        if self.aggregator is not None and self._tick_handle is None:
+            self._tick_handle = self.loop.call_later(self.tick_interval, self._tick)
+
+    def _tick(self) -> None:
+        """Loop thread, about once per ``tick_interval``: queue the closed windows."""
+        self._tick_handle = None
+        if self._stopping or self.closed:
+            return
+        try:
+            self.on_tick()
+        except Exception:  # pragma: no cover - a bug; the next tick tries again
+            logger.exception("fluxrate: periodic delivery task failed")
+        if not self._stopping and not self.closed:
+            self._tick_handle = self.loop.call_later(self.tick_interval, self._tick)
+
+    def on_tick(self) -> None:
+        if self.aggregator is not None:
+            self.take(self.aggregator.due())
+
+    def take(self, events: list[UsageEvent]) -> None:
+        """Loop thread: queue events produced on the loop (aggregates), within the bound."""
+        if not events:
+            return
+        limit = self.settings.max_queue_size
+        for event in events:
+            if len(self.queue) >= limit:
+                warn_limited(
+                    "queue_full",
+                    "the usage queue is full (%d events); events go to the failure log "
+                    "with reason queue_full",
+                    limit,
+                )
+                self._fail(event, "queue_full", None)
+            else:
+                self.queue.append(event)
+        self._kick()
+
+    def _drain_aggregator(self) -> None:
+        """Every open aggregate into the queue (shutdown: nothing stays in memory)."""
+        if self.aggregator is not None:
+            self.take(self.aggregator.drain())
 
     def _kick(self) -> None:
         self._wake_pending = False
@@ -420,6 +469,7 @@ class Lane:
         reason ``shutdown_deadline`` and close every connection."""
         if self.closed:
             return
+        self._drain_aggregator()
         remaining = deadline - self.loop.time()
         if remaining > 0 and self.pending:
             try:
@@ -432,7 +482,11 @@ class Lane:
         """Stop the workers now; every event not delivered goes to the failure log."""
         if self.closed:
             return
+        self._drain_aggregator()
         self._stopping = True
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
         for task in self._workers:
             task.cancel()
         if self._workers:
@@ -648,6 +702,11 @@ def release_lane(lane: Lane) -> None:
 
 
 def _abandon_from_outside(lane: Lane) -> None:
+    if lane.aggregator is not None:
+        try:
+            lane.queue.extend(lane.aggregator.drain())
+        except Exception:  # pragma: no cover
+            logger.exception("fluxrate: could not drain the open aggregates")
     records = []
     while True:
         try:

@@ -209,18 +209,9 @@ class Metering:
     def _default_client(config: Config) -> UsageClient:
         if not config.enabled:
             return _NullClient()
-        import inspect
-
         from fluxrate_web.core.client import FluxrateClient
 
-        kwargs = config.client_kwargs()
-        if (
-            "aggregation" in kwargs
-            and "aggregation" not in inspect.signature(FluxrateClient).parameters
-        ):  # a client without pre-aggregation: send every usage singly
-            del kwargs["aggregation"]
-            _log.warning("pre-aggregation is not supported by this FluxrateClient; ignored")
-        client: UsageClient = FluxrateClient(**kwargs)
+        client: UsageClient = FluxrateClient(**config.client_kwargs())
         return client
 
     @classmethod
