@@ -652,7 +652,9 @@ class _Exchange(ScopeRequestView):
         kind = message["type"]
         if kind == "http.response.body":
             self.response_bytes += len(message.get("body", b""))
-            if not message.get("more_body", False) and not self._trailers():
+            if not message.get("more_body", False) and (
+                (start := self.start) is None or not start.get("trailers", False)
+            ):
                 await self._send(message)
                 pending = self.finish(True, False)
                 if pending is not None:
@@ -678,10 +680,6 @@ class _Exchange(ScopeRequestView):
                 await pending
             return
         await self._send(message)
-
-    def _trailers(self) -> bool:
-        start = self.start
-        return start is not None and bool(start.get("trailers", False))
 
     @property
     def status(self) -> int | None:

@@ -712,3 +712,52 @@ def test_fluxrate_events_fixture_captures_a_real_client(
     with TestClient(app) as http:
         http.get("/", headers=CUSTOMER)
     assert fluxrate_events.total("api_calls", customer="cust-1") == 1
+
+
+def _raw_call(app: Any, metering: Metering) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+
+    async def capture(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    routed = Starlette(routes=[Mount("/raw", app=app)])
+    middleware = FluxrateMiddleware(routed, metering=metering)
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/raw/file",
+        "root_path": "",
+        "headers": [(b"x-customer-id", b"cust-1")],
+        "query_string": b"",
+    }
+    asyncio.run(middleware(scope, receive, capture))
+    return sent
+
+
+def test_trailers_and_pathsend_complete_the_response(
+    make_metering: Callable[..., Metering], client: Any
+) -> None:
+    billed_before_trailers: list[int] = []
+
+    async def with_trailers(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
+        await send({"type": "http.response.body", "body": b"abc", "more_body": False})
+        billed_before_trailers.append(len(client.events))
+        await send({"type": "http.response.trailers", "headers": [], "more_trailers": False})
+
+    async def pathsend(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-length", b"2048")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.pathsend", "path": "/tmp/file"})
+
+    metering = make_metering(
+        default_meter="api_calls",
+        endpoints=[{"route": "/raw/*", "meter": "bytes_out", "quantity": "response_bytes"}],
+    )
+    _raw_call(with_trailers, metering)
+    assert billed_before_trailers == [0]
+    _raw_call(pathsend, metering)
+    assert quantities(client) == [(BYTES, "cust-1", 3), (BYTES, "cust-1", 2048)]
