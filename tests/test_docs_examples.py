@@ -48,7 +48,7 @@ from fluxrate_web.devserver import DevServer
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 
-QUICKSTARTS = ("fastapi.md", "starlette.md", "django.md", "flask.md")
+QUICKSTARTS = ("django.md", "flask.md")
 PAGES = (
     "index.md",
     "guarantees.md",
@@ -57,7 +57,17 @@ PAGES = (
     "troubleshooting.md",
     "cli.md",
 )
-TESTED_ELSEWHERE = ("configuration.md", "testing.md")  # tests/core/test_docs_configuration.py
+TESTED_ELSEWHERE = {
+    "configuration.md": "tests/core/test_docs_configuration.py",
+    "testing.md": "tests/core/test_docs_configuration.py",
+    "fastapi.md": "tests/starlette/test_docs.py",
+    "starlette.md": "tests/starlette/test_docs.py",
+}
+# quickstarts that cannot be followed by this collector yet, and why
+PENDING: dict[str, str] = {
+    "django.md": "the quickstart edits generated files in prose: needs <!-- file: --> / "
+    "<!-- append: --> markers on its blocks",
+}
 
 # meters every page's devserver has: the example tokens the docs use
 DOC_METERS = {
@@ -76,6 +86,7 @@ FENCE = re.compile(
     re.S | re.M,
 )
 DIRECTIVE = re.compile(r"<!--\s*docs-test:\s*(?P<what>.*?)\s*-->")
+FILE_DIRECTIVE = re.compile(r"<!--\s*(?P<mode>file|append):\s*(?P<name>[\w./-]+)\s*-->")
 SHELL = ("bash", "console", "sh", "shell")
 
 
@@ -93,18 +104,25 @@ class Page:
     name: str
     steps: list[Step]
     meters: dict[str, str]
+    devserver_ports: set[int] = field(default_factory=lambda: {8787})
 
 
 def _directive_before(text: str, start: int) -> str | None:
-    """The ``docs-test`` directive on the last non-blank line before ``start``."""
+    """The directive on the last non-blank line before ``start``: ``skip``, ``file=NAME`` or
+    ``append=NAME`` (``<!-- file: NAME -->`` and ``<!-- append: NAME -->`` are the same)."""
     before = text[:start].rstrip().rsplit("\n", 1)[-1]
     found = DIRECTIVE.search(before)
-    return found.group("what") if found else None
+    if found:
+        return found.group("what")
+    found = FILE_DIRECTIVE.search(before)
+    return f"{found.group('mode')}={found.group('name')}" if found else None
 
 
 def parse_curl(command: str) -> dict[str, Any]:
     """``curl [-s] [-X M] [-H 'K: V']... [-d DATA | --json DATA] URL`` -> a request."""
-    words = shlex.split(command)
+    comment = command.partition(" #")[2]
+    expected = re.search(r"\b([1-5]\d\d)\b", comment)
+    words = shlex.split(command, comments=True)
     assert words, command
     assert words[0] == "curl", command
     method, headers, body, url = None, [], None, None
@@ -134,16 +152,22 @@ def parse_curl(command: str) -> dict[str, Any]:
     rest = url.split("://", 1)[1]
     target = "/" + rest.split("/", 1)[1] if "/" in rest else "/"
     path, _, query = target.partition("?")
+    port = rest.split("/", 1)[0].rpartition(":")[2]
     return {
         "method": method or ("POST" if body is not None else "GET"),
         "path": path,
         "query": query,
         "headers": headers,
         "body": body or "",
+        "port": int(port) if port.isdigit() else 80,
+        "expect": int(expected.group(1)) if expected else None,
     }
 
 
-def _shell_steps(body: str, line: int, meters: dict[str, str]) -> list[Step]:
+def _shell_steps(
+    body: str, line: int, meters: dict[str, str], ports: set[int] | None = None
+) -> list[Step]:
+    """Steps of a shell block; ``meters`` and ``ports`` collect the devserver's settings."""
     steps: list[Step] = []
     joined = body.replace("\\\n", " ")
     for raw in joined.splitlines():
@@ -151,11 +175,17 @@ def _shell_steps(body: str, line: int, meters: dict[str, str]) -> list[Step]:
         if command.startswith("$ "):
             command = command[2:]
         if command.startswith("fluxrate-web devserver"):
-            words = shlex.split(command)
+            words = shlex.split(command, comments=True)
             for i, word in enumerate(words):
                 if word == "--meter" and i + 1 < len(words):
                     name, _, spec = words[i + 1].partition(":")
                     meters[name] = spec
+                elif word == "--port" and i + 1 < len(words) and ports is not None:
+                    ports.add(int(words[i + 1]))
+        elif command.startswith("django-admin startproject "):
+            steps.append(Step("startproject", line, name=shlex.split(command, comments=True)[2]))
+        elif command.startswith("cd "):
+            steps.append(Step("cd", line, name=shlex.split(command, comments=True)[1]))
         elif command.startswith("export "):
             name, _, value = command[len("export ") :].partition("=")
             if name not in ("FLUXRATE_API_KEY", "FLUXRATE_BASE_URL"):
@@ -182,7 +212,13 @@ def parse_page(name: str) -> Page:
     offset = 0
     if name in QUICKSTARTS:
         text, offset = quickstart_section(text)
+    return parse_text(name, text, offset)
+
+
+def parse_text(name: str, text: str, offset: int = 0) -> Page:
+    """The steps of ``text`` (a page, or a section of it starting on line ``offset + 1``)."""
     meters = dict(DOC_METERS)
+    ports = {8787}
     steps: list[Step] = []
     position = 0
     for fence in FENCE.finditer(text):
@@ -195,16 +231,19 @@ def parse_page(name: str) -> Page:
         directive = _directive_before(text, fence.start())
         if directive == "skip":
             continue
-        if directive and directive.startswith("file="):
-            steps.append(Step("file", line, text=body, name=directive[len("file=") :]))
+        if directive and directive.startswith(("file=", "append=")):
+            mode, _, target = directive.partition("=")
+            steps.append(Step(mode, line, text=body, name=target))
         elif lang in ("python", "py"):
             steps.append(Step("python", line, text=body))
         elif lang in ("yaml", "yml"):
             steps.append(Step("yaml", line, text=body))
         elif lang in SHELL:
-            steps += _shell_steps(body, line, meters)
+            steps += _shell_steps(body, line, meters, ports)
     steps += _hidden_curls(text, position, len(text), offset)
-    return Page(name, steps, meters)
+    # curl calls to the devserver itself (its dashboard, /_dev/summary) are the reader's checks
+    steps = [s for s in steps if s.kind != "curl" or s.request["port"] not in ports]
+    return Page(name, steps, meters, ports)
 
 
 def _hidden_curls(text: str, start: int, end: int, offset: int) -> list[Step]:
@@ -240,8 +279,10 @@ def _yaml_blocks() -> list[Any]:
 # --------------------------------------------------------------------------- the runner
 
 RUNNER = r"""
-import asyncio, inspect, io, json, os, sys, wsgiref.util
+import asyncio, inspect, io, json, os, re, subprocess, sys, warnings, wsgiref.util
 
+warnings.simplefilter("error")  # as the test suite: a doc example must not warn
+warnings.filterwarnings("ignore", message=r".*httpx2.*")  # starlette.testclient's own advice
 sys.path.insert(0, os.getcwd())
 spec = json.loads(sys.stdin.read())
 ns = {"__name__": "docs_example"}
@@ -258,6 +299,11 @@ def find_app():
         if factory not in factories:
             factories[factory] = factory()
         return factories[factory]
+    if not os.environ.get("DJANGO_SETTINGS_MODULE") and os.path.exists("manage.py"):
+        with open("manage.py", encoding="utf-8") as f:
+            found = re.search(r"DJANGO_SETTINGS_MODULE['\"],\s*['\"]([\w.]+)", f.read())
+        if found:
+            os.environ["DJANGO_SETTINGS_MODULE"] = found.group(1)
     if os.environ.get("DJANGO_SETTINGS_MODULE"):
         from django.core.wsgi import get_wsgi_application
 
@@ -330,9 +376,17 @@ for step in spec["steps"]:
     if kind == "yaml":
         with open("fluxrate.yaml", "w", encoding="utf-8") as f:
             f.write(step["text"])
-    elif kind == "file":
-        with open(step["name"], "w", encoding="utf-8") as f:
+    elif kind in ("file", "append"):
+        folder = os.path.dirname(step["name"])
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        with open(step["name"], "w" if kind == "file" else "a", encoding="utf-8") as f:
             f.write(step["text"])
+    elif kind == "startproject":
+        subprocess.run([sys.executable, "-m", "django", "startproject", step["name"]], check=True)
+    elif kind == "cd":
+        os.chdir(step["name"])
+        sys.path.insert(0, os.getcwd())
     elif kind == "env":
         os.environ[step["name"]] = step["text"]
     elif kind == "python":
@@ -342,7 +396,8 @@ for step in spec["steps"]:
         req = step["request"]
         status = asyncio.run(asgi(app, req)) if is_asgi(app) else wsgi(app, req)
         results.append(status)
-        if status >= 400:
+        expected = req["expect"]
+        if (status >= 400) if expected is None else (status != expected):
             raise AssertionError(f"{spec['page']}:{step['line']}: {step['text']} -> {status}")
 print("DOCS-RESULT " + json.dumps(results))
 """
@@ -363,7 +418,7 @@ def run_page(page: Page, server: DevServer, cwd: Path) -> list[int]:
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
     )
     result = subprocess.run(
-        [sys.executable, "-W", "error", "-c", RUNNER],
+        [sys.executable, "-c", RUNNER],
         input=json.dumps({"page": f"docs/{page.name}", "steps": steps}),
         cwd=cwd,
         env=env,
@@ -385,6 +440,8 @@ def run_page(page: Page, server: DevServer, cwd: Path) -> list[int]:
 
 @pytest.mark.parametrize("name", _pages((*QUICKSTARTS, *PAGES)))
 def test_page_examples_run_against_the_devserver(name: str, tmp_path: Path) -> None:
+    if name in PENDING:
+        pytest.xfail(PENDING[name])
     page = parse_page(name)
     if not any(step.kind in ("python", "curl") for step in page.steps):
         pytest.skip(f"docs/{name} has no runnable example")
@@ -393,7 +450,9 @@ def test_page_examples_run_against_the_devserver(name: str, tmp_path: Path) -> N
         curls = [step for step in page.steps if step.kind == "curl"]
         assert len(statuses) == len(curls)
         summary = server.summary()
-        for step in curls:
+        for step, status in zip(curls, statuses, strict=True):
+            if status >= 400:
+                continue
             customers = [v for k, v in step.request["headers"] if k.lower() == "x-customer-id"]
             for customer in customers:
                 assert customer in summary, f"docs/{name}:{step.line}: {customer} not billed"
@@ -458,7 +517,12 @@ def test_collector_reads_fences_directives_and_curl() -> None:
         "query": "q=2",
         "headers": [["X-Customer-Id", "a"]],
         "body": "{}",
+        "port": 1,
+        "expect": None,
     }
+    assert parse_curl("curl http://127.0.0.1:8000/v1/items/42   # 422: no key")["expect"] == 422
+    devserver_check = parse_text("x.md", "```bash\ncurl http://127.0.0.1:8787/_dev/summary\n```\n")
+    assert devserver_check.steps == []  # the reader's look at the devserver: not the app
     meters: dict[str, str] = {}
     shell = _shell_steps(text.split("```bash\n")[1].split("```")[0], 3, meters)
     assert meters == {"api_calls": "SUM:11111111-2222-3333-4444-555555555555"}
