@@ -369,3 +369,60 @@ def test_metered_dependency_and_meter_decorator_together(
             (API_CALLS, "cust-1", 1),
         ]
     )
+
+
+def test_reject_mode_on_nested_routers_and_root_path(
+    make_metering: Callable[..., Metering], client: CapturingClient
+) -> None:
+    calls: list[int] = []
+    users = APIRouter(prefix="/users")
+
+    @users.get("/{uid}")
+    def get_user(uid: int) -> dict[str, int]:
+        calls.append(uid)
+        return {"uid": uid}
+
+    api = APIRouter(prefix="/v1")
+    api.include_router(users)
+    app = FastAPI()
+    app.include_router(api)
+
+    @app.get("/open")
+    def open_route() -> dict[str, str]:
+        return {}
+
+    metering = make_metering(
+        on_missing_customer="reject",
+        endpoints=[{"route": "/v1/users/{uid}", "meter": "api_calls"}],
+    )
+    app.add_middleware(FluxrateMiddleware, metering=metering)
+    with TestClient(app) as http:
+        assert http.get("/v1/users/1").status_code == 401
+        assert http.get("/open").status_code == 200
+        assert http.get("/v1/users/3", headers=CUSTOMER).status_code == 200
+    with TestClient(app, root_path="/api") as http:  # behind a proxy that strips /api
+        assert http.get("/v1/users/4").status_code == 401
+        assert http.get("/v1/users/5", headers=CUSTOMER).status_code == 200
+    assert calls == [3, 5]
+    assert quantities(client) == [(API_CALLS, "cust-1", 1)] * 2
+
+
+def test_compiled_rules_argument(client: CapturingClient) -> None:
+    from fluxrate_web.core.config import load_config
+    from fluxrate_web.core.rules import RequestRules
+
+    config = load_config(
+        overrides={"meters": {"api_calls": API_CALLS}, "default_meter": "api_calls"}
+    )
+    app = FastAPI()
+
+    @app.get("/x")
+    def x() -> dict[str, str]:
+        return {}
+
+    app.add_middleware(FluxrateMiddleware, rules=RequestRules(config), client=client, config=config)
+    with TestClient(app) as http:
+        http.get("/x", headers={"X-Customer-Id": "c"})
+    # no customer: resolver of this config is empty, so the event is dropped and counted
+    assert client.events == []
+    assert client.stats.dropped == 1
