@@ -154,14 +154,16 @@ def plan_for(
 ) -> RoutePlan:
     """The cached plan of ``method`` on the view ``callback`` resolved by ``match``."""
     route = match.route if match is not None else None
-    key: tuple[str | None, str, object] | None = (route, method, callback)
     plans = runtime.plans
+    key = (route, method, callback)
+    hashable = True
     try:
-        return plans[key]  # type: ignore[index]
-    except KeyError:
-        pass
+        found = plans.get(key)
     except TypeError:  # an unhashable view callable
-        key = None
+        found = None
+        hashable = False
+    if found is not None:
+        return found
     metering = runtime.metering
     try:
         if match is None:
@@ -187,7 +189,7 @@ def plan_for(
             log=logger,
         )
         plan = metering.rules.empty
-    if key is not None and method in _CACHED_METHODS and len(plans) < _MAX_PLANS:
+    if hashable and method in _CACHED_METHODS and len(plans) < _MAX_PLANS:
         plans[key] = plan
     return plan
 
@@ -274,12 +276,24 @@ class _Pending(DjangoRequestView):
 
     def bill(self, response: HttpResponseBase) -> None:
         self.done = True
+        plan = self.plan or self.final_plan()
+        if not getattr(plan, "needs_info", True):
+            # Constant quantities (the common case): sizes and duration are not read.
+            self.metering.finish(
+                plan,
+                self,
+                self.scope,
+                status=response.status_code,
+                response_headers=response.headers,
+                error=self.error,
+            )
+            return
         try:
             size = len(response.content)  # type: ignore[attr-defined]
         except Exception:
             size = 0
         self.metering.finish(
-            self.final_plan(),
+            plan,
             self,
             self.scope,
             status=response.status_code,

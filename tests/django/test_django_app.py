@@ -32,11 +32,11 @@ CUSTOMER = {"HTTP_X_CUSTOMER_ID": "acme"}
 
 @pytest.fixture
 def fresh_runtime() -> Iterator[None]:
-    """Settings overridden in the test rebuild the core (setting_changed); put the process's
-    own core back afterwards."""
-    previous = _runtime.STATE.runtime
+    """Settings overridden in the test rebuild the core (setting_changed), and again when the
+    override ends; check that the process's own core is back."""
     yield
-    _runtime.restore(previous)
+    assert _runtime.STATE.built
+    assert (_runtime.STATE.runtime is None) == (_runtime.STATE.error is not None)
 
 
 def ids(messages: list[Any]) -> list[str]:
