@@ -35,8 +35,9 @@ NOTES = {
     "bare": "an app factory, a /v1 blueprint, a function view returning a dict (JSON)",
     "fluxrate": (
         "+ fluxrate_web.flask.Fluxrate; the route billed by a config rule (api_calls, customer "
-        "from X-Customer-Id); events built by the real seam and client validation, kept by "
-        "fluxrate_web.testing.CapturingClient"
+        "from X-Customer-Id); a real FluxrateClient whose events are captured "
+        "(capture_events(): validated and built by the real client code, kept in a list "
+        "instead of the delivery queue)"
     ),
     "fluxrate_delivering": (
         "+ fluxrate_web.flask.Fluxrate with the real FluxrateClient delivering every event to "
@@ -89,11 +90,19 @@ def bare() -> Callable[[], None]:
     return wsgi_request(create_app(), PATH)
 
 
-def fluxrate() -> Callable[[], None]:
-    from fluxrate_web.flask import Fluxrate
-    from fluxrate_web.testing import CapturingClient
+_KEEP: list[Any] = []
 
-    client = CapturingClient()
+
+def fluxrate() -> Callable[[], None]:
+    from fluxrate_web.core.client import FluxrateClient, capture_events
+    from fluxrate_web.flask import Fluxrate
+
+    capture = capture_events()
+    _KEEP.append(capture)  # a collected context manager would end the capture
+    captured: list[Any] = capture.__enter__()  # for the life of this case's process
+    client = FluxrateClient(
+        api_key="org_live_bench", base_url="http://127.0.0.1:9", allow_insecure=True
+    )
     extension = Fluxrate(client=client)
 
     def configure(app: Any) -> None:
@@ -106,11 +115,10 @@ def fluxrate() -> Callable[[], None]:
     def call() -> None:
         one()
         count[0] += 1
-        if count[0] >= 10_000:  # keep the captured list (the "queue") bounded
-            if len(client.events) < 10_000:
-                raise AssertionError("the metered route did not produce its events")
-            client.clear()
-            count[0] = 0
+        if count[0] == 1 and len(captured) != 1:
+            raise AssertionError("the metered route did not produce its event")
+        if count[0] % 10_000 == 0:  # keep the captured list (the "queue") bounded
+            captured.clear()
 
     return call
 
