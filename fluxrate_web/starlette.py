@@ -17,9 +17,10 @@ decided in core. Per HTTP request it:
    route the router chose from the scope (``scope["route"]``, FastAPI's included-router context,
    mount prefixes from ``root_path``) and calls ``Metering.finish``, which enqueues and returns.
 
-A request whose response never completes (client disconnect, exception in the app) is finished
-with ``completed=False`` / ``error=True``; the config decides whether that bills. Exceptions
-raised by the app propagate unchanged, and a failure of our own is logged, never raised.
+A response the client did not get in full (it went away mid-stream) is finished with
+``completed=False``; one the app failed (it raised) with ``error=True``; the configuration
+decides whether those bill (``bill_on_disconnect``, ``bill_on_exception``). Exceptions raised by
+the app propagate unchanged, and a failure of our own is logged, never raised.
 
 WebSocket traffic passes through untouched. Lifespan traffic passes through too; the middleware
 only starts the core on ``lifespan.startup`` and flushes it on ``lifespan.shutdown``.
@@ -368,9 +369,16 @@ class FluxrateMiddleware:
             return
         if self._root is None:
             self._root = scope.get("app") or self.app
-        try:
-            if self.reject_mode and await self._reject(scope, receive, send):
+        if self.reject_mode:
+            try:
+                reject = await self._must_reject(scope)
+            except Exception:
+                _warn("reject", "fluxrate: reject check failed; request let through", exc_info=True)
+                reject = False
+            if reject:
+                await _send_reject(send)
                 return
+        try:
             exchange = _Exchange(self, scope, send)
             exchange._receive = receive
         except Exception:
@@ -414,7 +422,7 @@ class FluxrateMiddleware:
             return message
 
         async def lifespan_send(message: Message) -> None:
-            if message.get("type") == "lifespan.shutdown.complete":
+            if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 await _flush_off_loop(metering)
             await send(message)
 
@@ -523,13 +531,14 @@ class FluxrateMiddleware:
 
     # -- reject mode --------------------------------------------------------------------
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> bool:
-        """In reject mode: answer 401 before the app runs if the route needs a customer."""
+    async def _must_reject(self, scope: Scope) -> bool:
+        """Reject mode: whether the route the request will reach is metered with ``reject``
+        and no customer resolves from the request as it arrives."""
         root_path: str = scope.get("root_path", "")
-        entry = self.index().match(_route_path(scope["path"], root_path), scope["method"])
+        method: str = scope["method"]
+        entry = self.index().match(_route_path(scope["path"], root_path), method)
         if entry is None:
             return False
-        method = scope["method"]
         endpoint = entry.endpoint
         handler = _endpoint_handler(endpoint, method) if isinstance(endpoint, type) else None
         plan = self.metering.route(
@@ -538,25 +547,24 @@ class FluxrateMiddleware:
         if not plan.reject_missing_customer:
             return False
         view = ScopeRequestView(scope)
-        try:
-            customer = await plan.customer_async(view)
-        except Exception:
-            _warn("reject", "fluxrate: customer resolution failed", exc_info=True)
-            customer = None
-        if customer is not None:
-            return False
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(_REJECT_BODY)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": _REJECT_BODY, "more_body": False})
-        return True
+        if plan.needs_async:
+            return await plan.customer_async(view) is None
+        return plan.customer(view) is None
+
+
+async def _send_reject(send: Send) -> None:
+    """The 401 JSON of reject mode."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(_REJECT_BODY)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": _REJECT_BODY, "more_body": False})
 
 
 def _endpoint_handler(endpoint: type, method: str) -> object:
@@ -799,9 +807,19 @@ class _Exchange(ScopeRequestView):
                 completed=completed,
                 error=error,
             )
-        except Exception:
-            _warn("finish", "fluxrate: request not metered, an internal error", exc_info=True)
+        except Exception as exc:
+            _warn("finish", "fluxrate: request not metered: %s: %s", type(exc).__name__, exc)
+            self._close_quietly()
         return None
+
+    def _close_quietly(self) -> None:
+        """Close the request's record() scope after a failure, billing nothing."""
+        try:
+            metering = self.middleware.metering
+            if not self.token.closed:
+                metering.finish(metering.rules.empty, self, self.token, status=None)
+        except Exception:  # pragma: no cover - nothing more to do
+            pass
 
 
 def current_exchange(scope: Scope) -> _Exchange | None:

@@ -43,3 +43,11 @@ def make_metering(client: CapturingClient) -> Callable[..., Metering]:
         return Metering.from_config(overrides=settings, client=client)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_limits() -> None:
+    """Rate-limited warnings start afresh in every test (tests read them with caplog)."""
+    from fluxrate_web.core._log import reset_limits
+
+    reset_limits()

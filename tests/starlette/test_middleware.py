@@ -761,3 +761,18 @@ def test_trailers_and_pathsend_complete_the_response(
     assert billed_before_trailers == [0]
     _raw_call(pathsend, metering)
     assert quantities(client) == [(BYTES, "cust-1", 3), (BYTES, "cust-1", 2048)]
+
+
+def test_unknown_meter_in_decorator_is_logged_and_the_request_served(
+    make_metering: Callable[..., Metering], client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    @meter("api_cals")  # a typo: not in meters:
+    async def typo(request: Request) -> Response:
+        record("tokens", 1)
+        return PlainTextResponse("t")
+
+    app = app_with([Route("/typo", typo)], make_metering())
+    with caplog.at_level(logging.WARNING, logger="fluxrate_web"), TestClient(app) as http:
+        assert http.get("/typo", headers=CUSTOMER).text == "t"
+    assert client.events == []
+    assert "api_cals" in caplog.text
