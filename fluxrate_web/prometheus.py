@@ -261,6 +261,10 @@ def _read(
     def value(attr: str) -> float | None:
         return _number(values[attr] if attr in values else getattr(stats, attr, None))
 
+    def optional(attr: str) -> float | None:
+        """A counter that exists only when the client uses it: ``as_dict()`` lists it then."""
+        return _number(values.get(attr)) if as_dict is not None else value(attr)
+
     labels = [name]
     for attr, family in counters.items():
         number = value(attr)
@@ -279,10 +283,10 @@ def _read(
             gauge.add_metric(labels, number)
 
     for attr, metric, help_text in _AGGREGATION_COUNTERS:
-        number = value(attr)
+        number = optional(attr)
         if number is not None:
             extra.counter(metric, help_text).add_metric(labels, number)
-    open_now = value("aggregates_open")
+    open_now = optional("aggregates_open")
     if open_now is not None:
         extra.gauge(
             "aggregation_open", "Pre-aggregates open right now (usage not yet sent)."

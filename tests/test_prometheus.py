@@ -219,3 +219,43 @@ def test_register_again_adds_to_the_same_collector(registry: CollectorRegistry) 
     samples = scrape(registry)
     assert samples[("fluxrate_events_dropped_total", "default")] == 1
     assert samples[("fluxrate_events_dropped_total", "other")] == 0
+
+
+def test_pre_aggregation_counters_match_client_stats(
+    fluxrate_server: DevServer, registry: CollectorRegistry
+) -> None:
+    from fluxrate_web.core.aggregation import AggregationSpec
+
+    token = fluxrate_server.meter_token("api_calls")
+    client = FluxrateClient(
+        fluxrate_server.api_key,
+        fluxrate_server.url,
+        aggregation={token: AggregationSpec("SUM", 60)},
+        **FAST,  # type: ignore[arg-type]
+    )
+    try:
+        register(client, registry=registry)
+        for i in range(100):
+            assert client.track(token, f"cust_{i % 2}", 1)
+        samples = scrape(registry)
+        assert samples[("fluxrate_aggregation_folded_total", "default")] == 100
+        assert samples[("fluxrate_aggregation_open", "default")] == 2
+        assert client.flush(10)  # sends the open windows
+        stats = client.stats.as_dict()
+        samples = scrape(registry)
+    finally:
+        client.close()
+    assert stats["aggregates"] == 2
+    assert samples[("fluxrate_aggregation_emitted_total", "default")] == stats["aggregates"]
+    assert samples[("fluxrate_aggregation_folded_total", "default")] == stats["folded"] == 100
+    assert samples[("fluxrate_aggregation_open", "default")] == stats["aggregates_open"] == 0
+    for name, metric in COUNTERS.items():
+        assert samples[(metric, "default")] == stats[name], name
+    assert fluxrate_server.summary() == {"cust_0": {"api_calls": 50}, "cust_1": {"api_calls": 50}}
+
+
+def test_no_aggregation_series_without_pre_aggregation(
+    client: FluxrateClient, registry: CollectorRegistry
+) -> None:
+    register(client, registry=registry)
+    assert not [key for key in scrape(registry) if key[0].startswith("fluxrate_aggregation")]
