@@ -550,7 +550,13 @@ class FluxrateState:
         try:
             plan = entry.plan
             assert plan is not None
-            if response.is_streamed and not _buffered_wsgi_body(response):
+            if (
+                response.is_streamed
+                and (plan.meters or not response.direct_passthrough)
+                and not _buffered_wsgi_body(response)
+            ):
+                # (a file sent by send_file() on a route without meters runs no code of the app
+                # while it is sent: it is left alone, so servers can still use sendfile())
                 status = response.status_code
                 if req.method != "HEAD" and status >= 200 and status not in _NO_BODY_STATUS:
                     self._defer(req, plan, scope, started, response)

@@ -4,6 +4,7 @@ test never closes them), streamed ones when their body is exhausted or closed, e
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from flask import Flask, Response, abort, g, stream_with_context
@@ -288,3 +289,36 @@ def test_buffered_test_client_request(app: Flask, recorder: RecordingClient) -> 
     response = app.test_client().open("/stream", headers=CUSTOMER, buffered=True)
     assert response.data == b"hello world"
     assert len(recorder.events) == 2
+
+
+def test_send_file(make_app: AppFactory, recorder: RecordingClient, tmp_path: Path) -> None:
+    from flask import send_file
+
+    data = tmp_path / "report.csv"
+    data.write_bytes(b"a,b\n" * 1000)
+    app = make_app()
+
+    @app.get("/metered-file")
+    @meter("bytes", quantity="response_bytes")
+    def metered_file() -> Response:
+        return send_file(data)
+
+    @app.get("/free-file")
+    def free_file() -> Response:
+        return send_file(data)
+
+    from werkzeug.test import EnvironBuilder
+    from werkzeug.wsgi import FileWrapper
+
+    def served(path: str) -> object:
+        environ = EnvironBuilder(path, headers=CUSTOMER).get_environ()
+        body = app(environ, lambda status, headers, exc_info=None: None)
+        kind = type(body)
+        b"".join(body)  # type: ignore[call-overload]
+        body.close()  # type: ignore[attr-defined]
+        return kind
+
+    assert served("/free-file") is FileWrapper  # untouched: a server may use sendfile()
+    assert recorder.events == []
+    assert served("/metered-file") is not FileWrapper
+    assert recorder.billed() == [("bytes", "cus_1", 4000)]
