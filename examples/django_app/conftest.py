@@ -1,11 +1,13 @@
-"""pytest-django for the example: its own settings (``fluxdemo.settings``), and meter tokens in
-the environment (fluxrate.yaml reads them from there, as in production)."""
+"""pytest-django for the example: its own settings (``fluxdemo.settings``, given to
+``settings.configure()`` so that no ``DJANGO_SETTINGS_MODULE`` leaks into other processes), and
+meter tokens in the environment (fluxrate.yaml reads them from there, as in production)."""
 
 import os
 import sys
 from pathlib import Path
 
 import django
+from django.apps import apps
 from django.conf import settings
 
 HERE = Path(__file__).resolve().parent
@@ -19,6 +21,15 @@ TEST_ENV = {
 }
 for key, value in TEST_ENV.items():
     os.environ.setdefault(key, value)
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fluxdemo.settings")
-if not settings.configured or not django.apps.apps.ready:
+if not settings.configured:
+    import fluxdemo.settings as project_settings
+
+    settings.configure(
+        **{
+            name: getattr(project_settings, name)
+            for name in dir(project_settings)
+            if name.isupper()
+        }
+    )
+if not apps.ready:
     django.setup()

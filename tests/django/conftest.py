@@ -18,6 +18,7 @@ from typing import Any
 
 import django
 import pytest
+from django.apps import apps
 from django.conf import settings
 from django.test.utils import override_settings
 
@@ -37,8 +38,19 @@ EXAMPLE_ENV = {
 }
 for _key, _value in EXAMPLE_ENV.items():
     os.environ.setdefault(_key, _value)
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fluxdemo.settings")
-if not settings.configured or not django.apps.apps.ready:
+if not settings.configured:
+    # settings.configure() rather than DJANGO_SETTINGS_MODULE: an environment variable would
+    # leak into the subprocesses other test directories start (and their pytest-django).
+    import fluxdemo.settings as project_settings
+
+    settings.configure(
+        **{
+            name: getattr(project_settings, name)
+            for name in dir(project_settings)
+            if name.isupper()
+        }
+    )
+if not apps.ready:
     django.setup()
 
 from djangotestproj.meters import BASE_CONFIG  # noqa: E402
