@@ -9,11 +9,19 @@ never leaks them into a test that uses ``devserver`` directly.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from fluxrate_web.devserver import DevServer
+
+# CI explores the same examples every run (a red build is then reproducible from its log);
+# locally each run explores new ones. HYPOTHESIS_PROFILE overrides either.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 DEVSERVER_METERS = {
     "api_calls": "SUM",
