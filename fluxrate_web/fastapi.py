@@ -36,8 +36,6 @@ __all__ = ["FluxrateMiddleware", "metered"]
 
 logger = logging.getLogger("fluxrate_web.fastapi")
 
-_MARK = "fluxrate_metered"
-
 
 def metered(
     name: str,
@@ -60,7 +58,6 @@ def metered(
     def rule_carrier() -> None:  # pragma: no cover - never called, only carries the rule
         """The @meter rule of one ``metered(...)``."""
 
-    setattr(rule_carrier, _MARK, (name, options))
     carrier = meter(name, **options)(rule_carrier)
 
     async def metered_dependency(request: Request) -> None:
@@ -82,19 +79,6 @@ def metered(
     metered_dependency.__name__ = f"metered_{_identifier(name)}"
     metered_dependency.__qualname__ = metered_dependency.__name__
     return metered_dependency
-
-
-def combine_carriers(carriers: tuple[object, ...]) -> object:
-    """One object carrying the @meter rules of several ``metered(...)`` dependencies."""
-
-    def rules_carrier() -> None:  # pragma: no cover - never called
-        """The @meter rules of several metered(...) dependencies."""
-
-    combined: Any = rules_carrier
-    for carrier in carriers:
-        name, options = getattr(carrier, _MARK)
-        combined = meter(name, **options)(combined)
-    return combined
 
 
 def _identifier(text: str) -> str:

@@ -722,6 +722,8 @@ class _Exchange(ScopeRequestView):
 
     async def missing_required_customer(self) -> bool:
         """Whether the route needs a customer (reject mode) and none resolves, now."""
+        if not self.middleware.reject_mode:
+            return False
         plan = self.plan()
         if not plan.reject_missing_customer:
             return False
