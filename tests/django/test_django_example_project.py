@@ -17,7 +17,7 @@ EXAMPLE = ROOT / "examples" / "django_app"
 def test_example_project_suite_passes(request: pytest.FixtureRequest) -> None:
     for arg in request.config.args:
         target = Path(arg.split("::", 1)[0]).resolve()
-        if target == EXAMPLE or EXAMPLE in target.parents:
+        if target == EXAMPLE or target in EXAMPLE.parents:
             pytest.skip("examples/django_app is collected in this session already")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "FLUXRATE_"))}
     result = subprocess.run(
