@@ -3,8 +3,9 @@
 How a page is tested (read this if you write docs):
 
 * Pages: the ``## Quickstart`` section of each framework page (``QUICKSTARTS``), and the whole
-  of the pages in ``PAGES``. ``docs/configuration.md`` and ``docs/testing.md`` are tested by
-  ``tests/core/test_docs_configuration.py`` and not here.
+  of the pages in ``PAGES``. The pages of ``TESTED_ELSEWHERE`` have tests of their own
+  (``configuration.md``, ``testing.md``: ``tests/core/test_docs_configuration.py``;
+  ``fastapi.md``, ``starlette.md``: ``tests/starlette/test_docs.py``, under uvicorn).
 * Each ```` ```yaml ```` block is loaded with ``fluxrate_web.load_config`` (from a temporary
   file) and, for the Python blocks after it, becomes ``./fluxrate.yaml``. Before a page's first
   YAML block, ``./fluxrate.yaml`` is the one of ``docs/index.md`` (the home page's example).
@@ -16,14 +17,19 @@ How a page is tested (read this if you write docs):
   ``fluxrate-web devserver ... --meter NAME:AGG:TOKEN`` line seeds those meters in the page's
   devserver; ``export NAME=value`` sets an environment variable for the Python blocks (except
   ``FLUXRATE_API_KEY`` / ``FLUXRATE_BASE_URL``, which stay the devserver's); a ``curl`` line
-  sends that request, at that point of the page, to the app the Python blocks built (``app``,
-  else ``create_app()``, else ``application``, else Django's WSGI app when
-  ``DJANGO_SETTINGS_MODULE`` is exported), in process (WSGI or ASGI, no socket). It must answer
-  below 400, and the customer of its ``X-Customer-Id`` header must reach the devserver. A curl
-  line may also be given hidden, as an HTML comment: ``<!-- docs-test: curl ... -->``.
+  sends that request, at that point of the page, to the app: the one a ``uvicorn main:app``,
+  ``gunicorn 'app:create_app()'`` or ``flask --app app run`` line names (imported, not served),
+  else the Python blocks' ``app``, ``create_app()`` or ``application``, else Django's WSGI app
+  (``DJANGO_SETTINGS_MODULE``, exported or read from ``manage.py``), in process (WSGI or ASGI,
+  no socket); ``django-admin startproject NAME`` and ``cd NAME`` are followed. It must answer
+  below 400 (or the status a trailing ``# 422: ...`` comment names), and the customer of its
+  ``X-Customer-Id`` header must reach the devserver. Curl calls to the devserver's own port
+  (``--port`` of the ``fluxrate-web devserver`` line, or 8787) are the reader's checks: not
+  sent. A curl line may also be given hidden, as an HTML comment: ``<!-- docs-test: curl ... -->``.
 * ``<!-- docs-test: skip -->`` on the line before a fence skips that block (fragments,
-  server-starting snippets). ``<!-- docs-test: file=NAME -->`` before a fence writes the block
-  to ``NAME`` in the working directory instead of running it (e.g. ``settings.py``).
+  server-starting snippets). ``<!-- file: NAME -->`` before a fence writes the block to
+  ``NAME`` (relative to the working directory) instead of running it, ``<!-- append: NAME -->``
+  appends it (e.g. to a generated ``settings.py``).
 * ``text``, ``json``, ``toml``, ``ini`` and other languages are never run.
 """
 
@@ -183,6 +189,10 @@ def _shell_steps(
             steps.append(Step("startproject", line, name=shlex.split(command, comments=True)[2]))
         elif command.startswith("cd "):
             steps.append(Step("cd", line, name=shlex.split(command, comments=True)[1]))
+        elif command.startswith(("uvicorn ", "gunicorn ", "flask ")):
+            target = _served_app(shlex.split(command, comments=True))
+            if target:
+                steps.append(Step("serve", line, name=target))
         elif command.startswith("export "):
             name, _, value = command[len("export ") :].partition("=")
             if name not in ("FLUXRATE_API_KEY", "FLUXRATE_BASE_URL"):
@@ -192,6 +202,23 @@ def _shell_steps(
         elif command.startswith("curl "):
             steps.append(Step("curl", line, text=command, request=parse_curl(command)))
     return steps
+
+
+def _served_app(words: list[str]) -> str | None:
+    """``module:attr`` of ``uvicorn main:app``, ``gunicorn 'app:create_app()'`` or
+    ``flask --app app run`` (Flask: the module's ``app`` or ``create_app()``)."""
+    if words[0] == "flask":
+        if "run" not in words:
+            return None
+        for i, word in enumerate(words):
+            if word == "--app" and i + 1 < len(words):
+                return words[i + 1] if ":" in words[i + 1] else words[i + 1] + ":"
+            if word.startswith("--app="):
+                value = word.split("=", 1)[1]
+                return value if ":" in value else value + ":"
+        return None
+    targets = [w for w in words[1:] if ":" in w and not w.startswith("-") and "=" not in w]
+    return targets[0] if targets else None
 
 
 def quickstart_section(text: str) -> tuple[str, int]:
@@ -287,7 +314,32 @@ factories = {}
 results = []
 
 
+served = []
+
+
+def serve(target):  # import what `uvicorn main:app` / `flask --app app run` would serve
+    import importlib
+
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        return  # the page showed that module as a Python block, not a file: its namespace
+    if not attr:
+        attr = "app" if hasattr(module, "app") else "create_app()"
+    if attr.endswith(")"):
+        name, _, args = attr[:-1].partition("(")
+        app = eval(f"_factory({args})", {"_factory": getattr(module, name)})
+    else:
+        app = getattr(module, attr)
+    served.append(app)
+
+
 def find_app():
+    if served:
+        return served[-1]
     for name in ("app", "application"):
         if ns.get(name) is not None:
             return ns[name]
@@ -381,6 +433,8 @@ for step in spec["steps"]:
             f.write(step["text"])
     elif kind == "startproject":
         subprocess.run([sys.executable, "-m", "django", "startproject", step["name"]], check=True)
+    elif kind == "serve":
+        serve(step["name"])
     elif kind == "cd":
         os.chdir(step["name"])
         sys.path.insert(0, os.getcwd())
