@@ -19,12 +19,19 @@ nox.options.reuse_existing_virtualenvs = True
 
 PYTHONS = ["3.11", "3.12", "3.13"]
 
-# the oldest supported release of each framework (the extras' lower bounds)
+# the oldest supported release line of each framework (the extras' lower bounds), at its
+# latest patch release (the one people run: 4.2.0 itself predates fixes its line received)
 OLDEST = [
-    "starlette==0.40.0",
-    "fastapi==0.115.3",  # the first FastAPI release that accepts Starlette 0.40
-    "Django==4.2",
-    "Flask==3.0.0",
+    "starlette~=0.40.0",
+    "fastapi~=0.115.3",  # 0.115.3: the first FastAPI release that accepts Starlette 0.40
+    "Django~=4.2.0",
+    "Flask~=3.0.0",
+    "djangorestframework~=3.15.0",  # tests only: the last line that supports Django 4.2
+]
+# warnings that today's dependencies raise inside the oldest frameworks (the suite turns
+# warnings into errors); they are the frameworks' to fix, not ours
+OLDEST_WARNINGS = [
+    "ignore:The anyio.abc.BlockingPortal alias is deprecated:DeprecationWarning",  # starlette<0.41
 ]
 NEWEST = ["starlette", "fastapi", "Django", "Flask"]
 
@@ -42,12 +49,14 @@ def matrix(session: nox.Session, frameworks: str) -> None:
     """The suite (without the slow end-to-end scenarios) against the oldest or the newest
     release of every supported framework."""
     session.install("-e", ".[dev]")
+    options: list[str] = []
     if frameworks == "oldest":
-        session.install(*OLDEST)
+        session.install("--upgrade", *OLDEST)
+        options = [f"-W{spec}" for spec in OLDEST_WARNINGS]
     else:
         session.install("--upgrade", *NEWEST)
     session.run("python", "-m", "pip", "list", "--format=freeze", silent=False)
-    session.run("pytest", "-m", "not slow", *session.posargs)
+    session.run("pytest", "-m", "not slow", *options, *session.posargs)
 
 
 @nox.session
