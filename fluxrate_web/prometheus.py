@@ -23,6 +23,7 @@ metric                                      type     from
 ``fluxrate_queue_capacity``                 gauge    ``max_queue_size``
 ``fluxrate_delivery_latency_seconds``       histo.   ``stats.latency``, when the client has it
 ``fluxrate_aggregation_*``                  mixed    pre-aggregation counters, when enabled
+``fluxrate_client_<name>``                  gauge    any other number of ``stats.as_dict()``
 ==========================================  =======  ===========================================
 
 Every sample has a ``client`` label (``"default"`` unless named), so one collector can watch
@@ -83,6 +84,10 @@ _GAUGES: tuple[tuple[str, str, str], ...] = (
 _AGGREGATION_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("folded", "aggregation_folded", "Usages folded into a pre-aggregate instead of sent singly."),
     ("aggregates", "aggregation_emitted", "Pre-aggregates emitted as events for delivery."),
+)
+
+_KNOWN = frozenset(
+    [attr for attr, _m, _h in (*_COUNTERS, *_GAUGES, *_AGGREGATION_COUNTERS)] + ["aggregates_open"]
 )
 
 Source = Any
@@ -296,6 +301,13 @@ def _read(
     histogram = _histogram_buckets(latency) if latency is not None else None
     if histogram is not None:
         extra.histogram().add_metric(labels, histogram[0], histogram[1])
+
+    # any other number the client reports (a newer client than this module): a gauge
+    for key, raw in values.items():
+        number = _number(raw)
+        if key in _KNOWN or number is None or not key.isidentifier():
+            continue
+        extra.gauge(f"client_{key}", f"client.stats.{key}.").add_metric(labels, number)
 
 
 _registered: weakref.WeakKeyDictionary[CollectorRegistry, FluxrateCollector] = (

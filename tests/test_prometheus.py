@@ -249,6 +249,7 @@ def test_pre_aggregation_counters_match_client_stats(
     assert samples[("fluxrate_aggregation_emitted_total", "default")] == stats["aggregates"]
     assert samples[("fluxrate_aggregation_folded_total", "default")] == stats["folded"] == 100
     assert samples[("fluxrate_aggregation_open", "default")] == stats["aggregates_open"] == 0
+    assert samples[("fluxrate_client_reduction_ratio", "default")] == stats["reduction_ratio"] == 50
     for name, metric in COUNTERS.items():
         assert samples[(metric, "default")] == stats[name], name
     assert fluxrate_server.summary() == {"cust_0": {"api_calls": 50}, "cust_1": {"api_calls": 50}}
@@ -259,3 +260,17 @@ def test_no_aggregation_series_without_pre_aggregation(
 ) -> None:
     register(client, registry=registry)
     assert not [key for key in scrape(registry) if key[0].startswith("fluxrate_aggregation")]
+
+
+def test_numbers_a_newer_client_reports_are_exported_as_gauges(
+    registry: CollectorRegistry,
+) -> None:
+    class Stats:
+        def as_dict(self) -> dict[str, object]:
+            return {"enqueued": 5, "delivered": 5, "spool_backlog": 3, "mode": "strict"}
+
+    register(SimpleNamespace(stats=Stats()), registry=registry)
+    samples = scrape(registry)
+    assert samples[("fluxrate_events_enqueued_total", "default")] == 5
+    assert samples[("fluxrate_client_spool_backlog", "default")] == 3
+    assert not [key for key in samples if "mode" in key[0]]  # not a number: left out
