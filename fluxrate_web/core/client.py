@@ -45,6 +45,7 @@ from fluxrate_web.core.errors import (
 )
 from fluxrate_web.core.events import UsageEvent
 from fluxrate_web.core.failures import FailureLog
+from fluxrate_web.core.spool import DURABILITY_MODES, Spool, has_spool_files
 from fluxrate_web.core.transport import (
     DEFAULT_BASE_URL,
     Transport,
@@ -185,7 +186,32 @@ class ClientStats:
             values["aggregates"] = agg_stats.emitted
             values["aggregates_open"] = agg_stats.open
             values["reduction_ratio"] = agg_stats.reduction_ratio
+        if self._client.durability != "memory":
+            values["spooled"] = self.spooled
+            values["spool_backlog"] = self.spool_backlog
+            values["adopted"] = self.adopted
         return values
+
+    # durability (0 in memory mode)
+
+    @property
+    def spooled(self) -> int:
+        """Events written to the spool's backlog (outage, high water, retries exhausted,
+        shutdown deadline, queue full)."""
+        return self._c.spooled
+
+    @property
+    def adopted(self) -> int:
+        """Events adopted from the spools of processes that ended."""
+        return self._c.adopted
+
+    @property
+    def spool_backlog(self) -> int:
+        """Events waiting in the spool right now (not counting ``strict`` copies of queued
+        events)."""
+        self._c  # noqa: B018
+        lane = self._client._lane
+        return max(0, lane.on_disk) if lane is not None and not lane.closed else 0
 
     def __repr__(self) -> str:
         return "ClientStats(" + ", ".join(f"{k}={v}" for k, v in self.as_dict().items()) + ")"
@@ -241,6 +267,10 @@ class FluxrateClient:
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         aggregation: Mapping[str, AggregationSpec] | None = None,
+        durability: str = "memory",
+        spool_path: str | os.PathLike[str] | None = None,
+        spool_grace: float = 5.0,
+        spool_high_water: int | None = None,
     ) -> None:
         if api_key is not None and not isinstance(api_key, str):
             raise ConfigError("api_key: expected a string")
@@ -284,9 +314,35 @@ class FluxrateClient:
                     f"aggregation[{token!r}]: expected a meter token mapped to an AggregationSpec"
                 )
         self.aggregation: dict[str, AggregationSpec] = dict(aggregation or {})
+        if durability not in DURABILITY_MODES:
+            raise ConfigError(
+                f"durability: expected one of {', '.join(DURABILITY_MODES)}, got {durability!r}"
+            )
+        self.durability = durability
+        if durability != "memory" and spool_path is None:
+            raise ConfigError(f"spool_path: required with durability {durability!r} (a directory)")
+        self.spool_path = os.path.abspath(os.fspath(spool_path)) if spool_path else None
+        if isinstance(spool_grace, bool) or not isinstance(spool_grace, int | float):
+            raise ConfigError(f"spool_grace: expected a number, got {spool_grace!r}")
+        if not spool_grace >= 0:
+            raise ConfigError(f"spool_grace: must be >= 0, got {spool_grace!r}")
+        self.spool_grace = float(spool_grace)
+        if spool_high_water is None:
+            spool_high_water = max(1, max_queue_size // 2) if isinstance(max_queue_size, int) else 1
+        if isinstance(spool_high_water, bool) or not isinstance(spool_high_water, int):
+            raise ConfigError(f"spool_high_water: expected an integer, got {spool_high_water!r}")
+        if spool_high_water < 1:
+            raise ConfigError(f"spool_high_water: must be >= 1, got {spool_high_water!r}")
+        self.spool_high_water = min(spool_high_water, max_queue_size)
+        self._strict = durability == "strict"
         self._closed = False
+        self._spool: Spool | None = None
         self._reset_process_state()
         self.stats = ClientStats(self)
+        if self.spool_path is not None and has_spool_files(self.spool_path):
+            # a process that ended left events behind: adopt and deliver them now (on the
+            # dispatcher thread), not only once this process tracks something
+            self._start_lane()
 
     def _reset_process_state(self) -> None:
         """Fresh locks, queue, counters and failure-log handle for this process."""
@@ -298,13 +354,24 @@ class FluxrateClient:
         # a fresh aggregator per process: a forked child never inherits (nor sends) the
         # parent's open aggregates, and gets a new instance id for its aggregate keys
         self._aggregator = WindowAggregator(self.aggregation) if self.aggregation else None
+        # a spool file of our own per process (opened on first use); a forked child never
+        # touches its parent's (see Spool.forget_in_child)
+        old = self._spool
+        if old is not None and old.pid != self._pid:
+            old.forget_in_child()
+        self._spool = Spool(self.spool_path) if self.spool_path is not None else None
 
     # ------------------------------------------------------------------ repr
 
     def __repr__(self) -> str:
         key = mask(self._api_key)
         token = ", access_token='***'" if self._access_token else ""
-        return f"FluxrateClient(base_url={self.base_url!r}, api_key={key}{token})"
+        durability = (
+            f", durability={self.durability!r}, spool_path={self.spool_path!r}"
+            if self.durability != "memory"
+            else ""
+        )
+        return f"FluxrateClient(base_url={self.base_url!r}, api_key={key}{token}{durability})"
 
     @property
     def api_key_configured(self) -> bool:
@@ -401,7 +468,11 @@ class FluxrateClient:
                     self._counters.add("failed")
                     self._failure_log.add(event, "client_closed")
                     return False
+            if self._strict:
+                self._spool.append(event)  # type: ignore[union-attr]  # before it is queued
             if len(lane.queue) >= self.settings.max_queue_size:
+                if lane.spool is not None and self._spill_now(lane, event):
+                    return True
                 warn_limited(
                     "queue_full",
                     "the usage queue is full (%d events); events go to the failure log "
@@ -423,6 +494,30 @@ class FluxrateClient:
             except Exception:
                 pass
             return False
+
+    def _spill_now(self, lane: Lane, event: UsageEvent) -> bool:
+        """Queue full with a spool: the event goes to disk (the same cost as the failure-log
+        line it replaces). False if the spool cannot take it."""
+        spool = lane.spool
+        if spool is None or spool.closed or spool.broken:
+            return False
+        try:
+            if spool.spill([(event, "queue_full")], foreign=True) != 1:
+                return False
+            self._counters.add("spooled")
+        except Exception:
+            logger.exception("cannot write to the spool %s", spool.db_path)
+            return False
+        warn_limited(
+            "queue_full_spool",
+            "the usage queue is full (%d events); events go to the spool",
+            self.settings.max_queue_size,
+        )
+        try:
+            lane.loop.call_soon_threadsafe(lane.absorb_spilled)
+        except RuntimeError:  # pragma: no cover - the loop closed: the next process adopts it
+            pass
+        return True
 
     def note_dropped(self, reason: str) -> None:
         """Count an event refused before it was built, with a rate-limited WARNING."""
@@ -465,6 +560,11 @@ class FluxrateClient:
                 failure_log=self._failure_log,
                 name=hex(id(self))[-6:],
                 aggregator=self._aggregator,
+                tick_interval=0.5 if self._spool is not None else 1.0,
+                spool=self._spool,
+                strict=self._strict,
+                spool_grace=self.spool_grace,
+                high_water=self.spool_high_water if self._spool is not None else 0,
             )
             self._lane = lane
             # a client dropped without close(): its lane drains in the background, then closes

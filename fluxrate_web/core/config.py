@@ -24,6 +24,7 @@ from fluxrate_web.core._yaml import Path, YamlProblem, load_yaml
 from fluxrate_web.core.errors import ConfigError
 from fluxrate_web.core.quantities import QuantitySpec, describe_quantity, parse_quantity_spec
 from fluxrate_web.core.resolvers import CustomerSpec, describe_resolver, parse_resolver_spec
+from fluxrate_web.core.spool import DURABILITY_MODES
 
 __all__ = [
     "AGGREGATIONS",
@@ -143,6 +144,8 @@ class Config:
     request_timeout: float = 10.0
     shutdown_timeout: float = 5.0
     failed_events_path: str | None = None
+    durability: str = "memory"
+    spool_path: str | None = None
     source: str = "defaults"
     locations: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -150,8 +153,12 @@ class Config:
         """Keyword arguments for ``FluxrateClient(**config.client_kwargs())``.
 
         ``aggregation`` ({meter token: AggregationSpec}) is included only when a meter of
-        ``meters:`` declares pre-aggregation."""
+        ``meters:`` declares pre-aggregation; ``durability`` and ``spool_path`` only when
+        ``durability`` is not ``memory``."""
         kwargs = self._delivery_kwargs()
+        if self.durability != "memory":
+            kwargs["durability"] = self.durability
+            kwargs["spool_path"] = self.spool_path
         aggregated = {
             spec.token: (spec.aggregation, spec.window)
             for spec in self.meters.values()
@@ -214,6 +221,11 @@ class Config:
             "exclude": ", ".join(self.exclude) or "(none)",
             "idempotency_header": self.idempotency_header or "(off)",
             "enabled": str(self.enabled).lower(),
+            "durability": (
+                self.durability
+                if self.durability == "memory"
+                else f"{self.durability} (spool_path {self.spool_path})"
+            ),
         }
 
 
@@ -261,6 +273,8 @@ _TOP_KEYS = (
     "request_timeout",
     "shutdown_timeout",
     "failed_events_path",
+    "durability",
+    "spool_path",
 )
 _RULE_KEYS = (
     "route",
@@ -410,7 +424,7 @@ def parse_bill_on(value: object, path: Path = ("bill_on",)) -> str:
             text = "any"
         elif _STATUS_CLASS.match(text):
             pass
-        elif text.isdigit() and 100 <= int(text) <= 599:
+        elif text.isascii() and text.isdigit() and 100 <= int(text) <= 599:
             text = str(int(text))
         elif (rng := _STATUS_RANGE.match(text)) is not None and rng.group(1) <= rng.group(2):
             text = f"{rng.group(1)}-{rng.group(2)}"
@@ -666,7 +680,7 @@ def _build(data: Mapping[str, Any], where: Callable[[Path], str], source: str) -
         return None if entry is None else ((entry[0],), entry[1])
 
     kwargs: dict[str, Any] = {}
-    for key in ("api_key", "access_token", "failed_events_path"):
+    for key in ("api_key", "access_token", "failed_events_path", "spool_path"):
         if (entry := get(key)) is not None:
             kwargs[key] = _opt_str(entry[1], entry[0])
     if (entry := get("base_url")) is not None:
@@ -731,6 +745,15 @@ def _build(data: Mapping[str, Any], where: Callable[[Path], str], source: str) -
     ):
         if (entry := get(key)) is not None:
             kwargs[key] = _seconds(entry[1], entry[0], allow_zero=zero)
+    if (entry := get("durability")) is not None and entry[1] is not None:
+        text = _str(entry[1], entry[0]).strip().lower()
+        if text not in DURABILITY_MODES:
+            raise _Invalid(
+                entry[0], f"expected one of {', '.join(DURABILITY_MODES)}, got {entry[1]!r}"
+            )
+        if text != "memory" and not kwargs.get("spool_path"):
+            raise _Invalid(entry[0], f"'{text}' needs spool_path (a directory for the spool)")
+        kwargs["durability"] = text
     return Config(source=source, **kwargs)
 
 

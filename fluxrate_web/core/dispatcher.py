@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import json
+import logging
 import os
 import random
 import threading
@@ -36,11 +38,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fluxrate_web.core import _log
-from fluxrate_web.core._log import logger, warn_limited
+from fluxrate_web.core._log import log_limited, logger, warn_limited
 from fluxrate_web.core.aggregation import WindowAggregator
 from fluxrate_web.core.errors import ConfigError, TransportError
 from fluxrate_web.core.events import UsageEvent
-from fluxrate_web.core.failures import FailureLog, make_record
+from fluxrate_web.core.failures import FORMAT_VERSION, FailureLog, make_record
+from fluxrate_web.core.spool import Spool, SpoolError
 from fluxrate_web.core.transport import (
     DEDUPLICATED,
     DELIVERED,
@@ -58,6 +61,9 @@ from fluxrate_web.core.transport import (
 __all__ = ["Lane", "LaneSettings", "Runtime", "get_runtime"]
 
 T = TypeVar("T")
+
+_LOAD_BATCH = 256  # backlog rows read from the spool at once
+_ADOPT_EVERY = 30.0  # seconds between scans for dead processes' spools
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +101,17 @@ class Counters:
     """The numbers behind ``client.stats``. Written on the loop thread, except ``dropped`` and
     the ``failed`` of queue_full/client_closed, which take the lock."""
 
-    __slots__ = ("_lock", "deduplicated", "delivered", "dropped", "failed", "retried", "taken")
+    __slots__ = (
+        "_lock",
+        "adopted",
+        "deduplicated",
+        "delivered",
+        "dropped",
+        "failed",
+        "retried",
+        "spooled",
+        "taken",
+    )
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -105,19 +121,25 @@ class Counters:
         self.retried = 0
         self.failed = 0
         self.dropped = 0
+        self.spooled = 0  # events written to the spool's backlog
+        self.adopted = 0  # events adopted from the spools of processes that ended
 
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
             setattr(self, name, getattr(self, name) + n)
 
 
+_Item = tuple[UsageEvent, "_Retry | None", int]  # event, its retry state, spool row (0: none)
+
+
 class _Retry:
     """An event between attempts."""
 
-    __slots__ = ("attempts", "error", "event", "first", "handle", "status")
+    __slots__ = ("attempts", "error", "event", "first", "handle", "row", "status")
 
-    def __init__(self, event: UsageEvent, first: float) -> None:
+    def __init__(self, event: UsageEvent, first: float, row: int = 0) -> None:
         self.event = event
+        self.row = row  # > 0: a spool backlog row (leased), 0: an event from memory
         self.attempts = 0
         self.first = first
         self.status: int | None = None
@@ -143,6 +165,10 @@ class Lane:
         name: str = "",
         aggregator: WindowAggregator | None = None,
         tick_interval: float = 1.0,
+        spool: Spool | None = None,
+        strict: bool = False,
+        spool_grace: float = 5.0,
+        high_water: int = 0,
     ) -> None:
         self.runtime = runtime
         self.loop = runtime.loop
@@ -154,7 +180,7 @@ class Lane:
         self.queue: deque[UsageEvent] = deque()
         self._ready: deque[_Retry] = deque()  # retries whose delay has passed
         self._waiting: set[_Retry] = set()  # retries waiting for their timer
-        self._current: dict[int, tuple[UsageEvent, _Retry | None]] = {}
+        self._current: dict[int, _Item] = {}
         self._idle: deque[asyncio.Future[None]] = deque()
         self._wake_pending = False
         self._drain_waiters: list[asyncio.Future[None]] = []
@@ -172,12 +198,50 @@ class Lane:
         self.aggregator = aggregator
         self.tick_interval = tick_interval
         self._tick_handle: asyncio.TimerHandle | None = None
+        # durability (spool / strict): see fluxrate_web.core.spool
+        self.spool = spool
+        self.strict = bool(strict and spool is not None)
+        self.spool_grace = spool_grace
+        self.high_water = high_water if spool is not None else 0
+        self._buffer: deque[tuple[int, UsageEvent]] = deque()  # backlog rows read, in order
+        self._leased: set[int] = set()  # backlog rows in memory (buffer, in flight, retrying)
+        self._cursor = 0  # highest backlog row id read so far
+        self._unloaded = False  # there may be backlog rows beyond the cursor
+        self._deferred = 0  # backlog rows that ran out of retries: read again on a wrap
+        self._wrap_at = 0.0
+        self.on_disk = 0  # backlog rows (state 1) in the spool
+        self._spill_batch: list[tuple[UsageEvent, str]] = []
+        self._ack_batch: list[tuple[str, int]] = []
+        self._io_scheduled = False
+        self._spill_pending = False
+        self._failing_since: float | None = None
+        self.outage = False
+        self._probe_at = 0.0
+        self._probe_delay = 0.0
+        self._probe_row = 0
+        self._probe_handle: asyncio.TimerHandle | None = None
+        self._adopt_at = 0.0
+        self._spool_ready = False  # the loop opened the spool and adopted what was left
 
     # ------------------------------------------------------------ any thread
 
     @property
     def pending(self) -> int:
+        """Events in memory: queued, in flight or waiting to retry."""
         return len(self.queue) + len(self._ready) + len(self._waiting) + len(self._current)
+
+    def busy(self, settle_outage: bool = False) -> bool:
+        """Anything left to deliver: in memory, and (with a spool) its backlog on disk. With
+        ``settle_outage``, during an outage it is enough that everything is on disk."""
+        if self.spool is None:
+            return bool(self.pending)
+        if not self._spool_ready and not self.closed:
+            return True  # not started yet: it may adopt a dead process's backlog
+        if self._spill_batch or self._ack_batch:
+            return True
+        if settle_outage and self.outage:
+            return bool(self.queue or self._ready or self._waiting)
+        return bool(self.pending or self.on_disk > 0 or self._buffer)
 
     def submit(self, event: UsageEvent) -> None:
         """Queue ``event`` (the caller checked the bound). Never blocks, never raises."""
@@ -188,6 +252,12 @@ class Lane:
             try:
                 self.loop.call_soon_threadsafe(self._kick)
             except RuntimeError:  # loop closed under us: the closer writes the queue out
+                pass
+        if self.high_water and len(self.queue) > self.high_water and not self._spill_pending:
+            self._spill_pending = True  # too much in memory: the loop moves the oldest to disk
+            try:
+                self.loop.call_soon_threadsafe(self._spill_excess)
+            except RuntimeError:
                 pass
 
     def call(self, coro: Any) -> ConcurrentFuture[Any]:
@@ -200,12 +270,29 @@ class Lane:
         if self._workers or self.closed or self._stopping:
             return
         self._transport = self._transport_factory()
+        if self.spool is not None:
+            self._start_spool()
         for i in range(self.settings.max_in_flight):
             self._workers.append(
                 self.loop.create_task(self._worker(i), name=f"fluxrate-worker-{self.name}-{i}")
             )
-        if self.aggregator is not None and self._tick_handle is None:
+        if (self.aggregator is not None or self.spool is not None) and self._tick_handle is None:
             self._tick_handle = self.loop.call_later(self.tick_interval, self._tick)
+
+    def _start_spool(self) -> None:
+        """Loop thread: open our spool, adopt dead processes' files, count the backlog."""
+        assert self.spool is not None
+        try:
+            if not self.spool.open():
+                return
+            try:
+                self.on_disk = self.spool.backlog()
+            except Exception:
+                logger.exception("cannot read the spool %s", self.spool.db_path)
+            self._unloaded = self.on_disk > 0
+            self._adopt()
+        finally:
+            self._spool_ready = True
 
     def _tick(self) -> None:
         """Loop thread, about once per ``tick_interval``: queue the closed windows."""
@@ -222,6 +309,8 @@ class Lane:
     def on_tick(self) -> None:
         if self.aggregator is not None:
             self.take(self.aggregator.due())
+        if self.spool is not None:
+            self._spool_tick()
 
     def take(self, events: list[UsageEvent]) -> None:
         """Loop thread: queue events produced on the loop (aggregates), within the bound."""
@@ -238,6 +327,8 @@ class Lane:
                 )
                 self._fail(event, "queue_full", None)
             else:
+                if self.strict:
+                    self.spool.append(event)  # type: ignore[union-attr]
                 self.queue.append(event)
         self._kick()
 
@@ -246,9 +337,311 @@ class Lane:
         if self.aggregator is not None:
             self.take(self.aggregator.drain())
 
+    # ------------------------------------------------------------ durability (loop thread)
+    #
+    # With a spool, the workers read the backlog (rows on disk, in id order) before the
+    # in-memory queue, so events leave in the order they were spooled; the oldest events of an
+    # over-full queue go to the back of the backlog. During an outage (retryable failures and
+    # no answer for ``spool_grace`` seconds) nothing waits in memory: new events and retries
+    # go to disk, and one probe at a time (backing off up to ``backoff_max``) tests the API.
+
+    def _next_durable(self) -> _Item | None:
+        if self.outage:
+            if self.queue:
+                self._spill_queue(len(self.queue), "outage")
+            if self._probe_row or self.loop.time() < self._probe_at:
+                return None
+            item = self._from_backlog()
+            if item is not None:
+                self._probe_row = item[2]
+            return item
+        if self.high_water and len(self.queue) > self.high_water:
+            self._spill_queue(len(self.queue) - self.high_water // 2, "high_water")
+        if self._buffer or self._unloaded:
+            item = self._from_backlog()
+            if item is not None:
+                return item
+        try:
+            event = self.queue.popleft()
+        except IndexError:
+            return None
+        self.counters.taken += 1
+        return event, None, 0
+
+    def _spill_excess(self) -> None:
+        self._spill_pending = False
+        if self.high_water and len(self.queue) > self.high_water and not self._stopping:
+            self._spill_queue(len(self.queue) - self.high_water // 2, "high_water")
+
+    def _spill_queue(self, n: int, reason: str) -> None:
+        """Move the ``n`` oldest queued events to the spool (written at the end of this pass)."""
+        queue = self.queue
+        batch = self._spill_batch
+        moved = 0
+        while moved < n:
+            try:
+                event = queue.popleft()
+            except IndexError:
+                break
+            batch.append((event, reason))
+            moved += 1
+        self.counters.taken += moved
+        if moved:
+            self._schedule_io()
+
+    def _from_backlog(self) -> _Item | None:
+        if not self._buffer and self._unloaded:
+            self._load()
+        if not self._buffer:
+            return None
+        row, event = self._buffer.popleft()
+        return event, None, row
+
+    def _load(self) -> None:
+        assert self.spool is not None
+        try:
+            rows = self.spool.load(self._cursor, _LOAD_BATCH)
+        except Exception as exc:
+            log_limited(logging.ERROR, "spool-read", "cannot read the spool: %s", exc)
+            self._unloaded = False
+            return
+        if len(rows) < _LOAD_BATCH:
+            self._unloaded = False
+        unreadable: list[tuple[str, int]] = []
+        for row_id, key, data in rows:
+            if row_id > self._cursor:
+                self._cursor = row_id
+            if row_id in self._leased:
+                continue
+            try:
+                event = UsageEvent.from_dict(json.loads(data))
+            except Exception as exc:  # a row we cannot turn back into an event
+                logger.error("unreadable spool row %d (%s); moved to the failure log", row_id, exc)
+                self.counters.add("failed")
+                self._failed_batch.append(
+                    {
+                        "v": FORMAT_VERSION,
+                        "reason": "internal_error",
+                        "error": f"unreadable spool row: {exc}"[:500],
+                        "row": data[:10_000],
+                    }
+                )
+                self._leased.add(row_id)
+                unreadable.append((key, row_id))
+                continue
+            self._leased.add(row_id)
+            self._buffer.append((row_id, event))
+        if unreadable:
+            self._ack_batch.extend(unreadable)
+            self._schedule_io()
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self.loop.call_soon(self._flush_failures)
+        if not rows and self.on_disk and not self._leased and not self._deferred:
+            self._recount()
+
+    def _recount(self) -> None:
+        assert self.spool is not None
+        try:
+            self.on_disk = self.spool.backlog()
+        except Exception:
+            return
+        if self.on_disk:
+            self._cursor = 0
+            self._unloaded = True
+
+    def _settle(self, event: UsageEvent, row: int) -> None:
+        """The event is answered for good: its spool row (if any) can go."""
+        if row or self.strict:
+            self._ack_batch.append((event.idempotency_key, row))
+            self._schedule_io()
+
+    def _park(self, event: UsageEvent, row: int, reason: str, *, defer: bool = False) -> None:
+        """Not deliverable now: a backlog row stays on disk (back to the front of the buffer, or
+        deferred until the next pass over the backlog); an event from memory is spilled."""
+        if row:
+            if defer:
+                self._leased.discard(row)
+                self._deferred += 1
+            else:
+                self._buffer.appendleft((row, event))
+        else:
+            self._spill_batch.append((event, reason))
+            self._schedule_io()
+
+    def _schedule_io(self) -> None:
+        if not self._io_scheduled:
+            self._io_scheduled = True
+            self.loop.call_soon(self._flush_io)
+
+    def _flush_io(self) -> None:
+        """One transaction per loop pass for the spills, one for the acknowledgements."""
+        self._io_scheduled = False
+        spool = self.spool
+        assert spool is not None
+        spill, self._spill_batch = self._spill_batch, []
+        acks, self._ack_batch = self._ack_batch, []
+        if spill:
+            try:
+                written = spool.spill(spill)
+                if written != len(spill):
+                    raise SpoolError("the spool is not available")
+            except Exception as exc:
+                log_limited(
+                    logging.ERROR,
+                    "spool-write",
+                    "cannot write to the spool %s (%s); events go to the failure log",
+                    spool.directory,
+                    exc,
+                )
+                for event, reason in spill:
+                    self._fail(event, reason, None, error=f"spool: {exc}"[:300])
+            else:
+                self.counters.add("spooled", written)
+                self.on_disk += written
+                self._unloaded = True
+                if not self.outage and self._idle:
+                    self._kick()
+        if acks:
+            try:
+                spool.ack([key for key, _ in acks])
+            except Exception as exc:  # the rows stay: delivered again later, deduplicated
+                log_limited(logging.ERROR, "spool-ack", "cannot update the spool: %s", exc)
+            for _, row in acks:
+                if row:
+                    self._leased.discard(row)
+                    self.on_disk -= 1
+            if self.on_disk < 0:
+                self.on_disk = 0
+
+    def absorb_spilled(self) -> None:
+        """Loop thread: count the events other threads spilled (queue full)."""
+        if self.spool is None:
+            return
+        n = self.spool.take_unannounced()
+        if n:
+            self.on_disk += n
+            self._unloaded = True
+            self._kick()
+
+    def _healthy(self) -> None:
+        """The API answered (any final answer): no outage."""
+        self._failing_since = None
+        if self.outage:
+            self.outage = False
+            self._probe_delay = 0.0
+            if self._probe_handle is not None:
+                self._probe_handle.cancel()
+                self._probe_handle = None
+            logger.warning(
+                "the Fluxrate API answers again; delivering the %d usage event(s) waiting in "
+                "the spool",
+                self.on_disk,
+            )
+            self._kick()
+
+    def _enter_outage(self, error: str | None) -> None:
+        self.outage = True
+        logger.warning(
+            "usage event deliveries have failed for %.1f s (%s); events wait in the spool %s "
+            "until the API answers again",
+            self.loop.time() - (self._failing_since or self.loop.time()),
+            error,
+            self.spool.db_path if self.spool is not None else "",
+        )
+        for retry in list(self._waiting):
+            if retry.handle is not None:
+                retry.handle.cancel()
+            self._park(retry.event, retry.row, "outage")
+        self._waiting.clear()
+        while self._ready:
+            retry = self._ready.popleft()
+            self._park(retry.event, retry.row, "outage")
+        if len(self._buffer) > 1:
+            self._buffer = deque(sorted(self._buffer, key=lambda item: item[0]))
+        if self.queue:
+            self._spill_queue(len(self.queue), "outage")
+        self._probe_delay = 0.0
+        self._schedule_probe()
+
+    def _schedule_probe(self) -> None:
+        settings = self.settings
+        self._probe_delay = min(
+            settings.backoff_max, max(settings.backoff_base, self._probe_delay * 2)
+        )
+        self._probe_at = self.loop.time() + self._probe_delay
+        if self._probe_handle is not None:
+            self._probe_handle.cancel()
+        self._probe_handle = self.loop.call_later(self._probe_delay, self._probe_due)
+
+    def _probe_due(self) -> None:
+        self._probe_handle = None
+        self._kick()
+
+    def _probe_done(self) -> None:
+        self._probe_row = 0
+        if self.outage:
+            self._schedule_probe()
+
+    def _spool_tick(self) -> None:
+        now = self.loop.time()
+        self.absorb_spilled()
+        if self.outage:
+            if not (self.queue or self._buffer or self._unloaded or self._probe_row):
+                if self.on_disk <= 0 and not self._deferred:
+                    self.outage = False  # nothing left to test the API with: start afresh
+                    self._failing_since = None
+            elif now >= self._probe_at and not self._probe_row:
+                self._kick()
+        elif (
+            self._failing_since is not None
+            and now - self._failing_since >= self.spool_grace
+            and (self._waiting or self._ready)
+        ):
+            self._enter_outage("still failing")
+        if self._deferred and not self._unloaded and not self._buffer and now >= self._wrap_at:
+            # another pass over the backlog for the rows that ran out of retries
+            self._cursor = 0
+            self._unloaded = True
+            self._deferred = 0
+            self._wrap_at = now + max(self.settings.backoff_max, 1.0)
+            self._kick()
+        if self.high_water and len(self.queue) > self.high_water:
+            self._spill_excess()
+        if now >= self._adopt_at:
+            self._adopt()
+        if (
+            self.on_disk > 0
+            and not self._unloaded
+            and not self._buffer
+            and not self._leased
+            and not self._deferred
+            and not self._spill_batch
+        ):
+            self._recount()  # the count drifted (a row replaced, an ack that failed)
+
+    def _adopt(self) -> None:
+        self._adopt_at = self.loop.time() + _ADOPT_EVERY
+        spool = self.spool
+        if spool is None or spool.closed or spool.broken:
+            return
+        adopted = spool.adopt()
+        if adopted:
+            self.counters.add("adopted", adopted)
+            self.on_disk += adopted
+            self._unloaded = True
+            self._kick()
+
     def _kick(self) -> None:
         self._wake_pending = False
         n = len(self.queue) + len(self._ready)
+        if self.spool is not None:
+            if self.outage:  # one worker spills the queue, one probes when it is time
+                n = min(n, 1)
+                if not self._probe_row and self.loop.time() >= self._probe_at:
+                    n += 1
+            elif self._buffer or self._unloaded:
+                n += self.settings.max_in_flight  # backlog to read
         idle = self._idle
         while n > 0 and idle:
             waiter = idle.popleft()
@@ -256,16 +649,18 @@ class Lane:
                 waiter.set_result(None)
                 n -= 1
 
-    def _next(self) -> tuple[UsageEvent, _Retry | None] | None:
+    def _next(self) -> _Item | None:
         if self._ready:
             retry = self._ready.popleft()
-            return retry.event, retry
+            return retry.event, retry, retry.row
+        if self.spool is not None:
+            return self._next_durable()
         try:
             event = self.queue.popleft()
         except IndexError:
             return None
         self.counters.taken += 1
-        return event, None
+        return event, None, 0
 
     async def _worker(self, wid: int) -> None:
         loop = self.loop
@@ -275,7 +670,7 @@ class Lane:
             if item is None:
                 if self._stopping:
                     return
-                if self._drain_waiters and not self.pending:
+                if self._drain_waiters and not self.busy():
                     self._notify_drained()
                 waiter: asyncio.Future[None] = loop.create_future()
                 self._idle.append(waiter)
@@ -290,7 +685,7 @@ class Lane:
             await self._deliver(*item)
             del current[wid]
 
-    async def _deliver(self, event: UsageEvent, retry: _Retry | None) -> None:
+    async def _deliver(self, event: UsageEvent, retry: _Retry | None, row: int = 0) -> None:
         try:
             try:
                 data = self.wire.build(event)
@@ -302,6 +697,7 @@ class Lane:
                     exc.reason,
                 )
                 self._fail(event, exc.reason, retry, error=str(exc))
+                self._settle(event, row)
                 return
             loop = self.loop
             if self._paused_until > loop.time():
@@ -316,10 +712,16 @@ class Lane:
                 outcome = classify_exception(exc, secrets=self.wire.secrets)
             if outcome.kind == DELIVERED:
                 self.counters.delivered += 1
+                if self.spool is not None:
+                    self._settle(event, row)
+                    self._healthy()
             elif outcome.kind == DEDUPLICATED:
                 self.counters.deduplicated += 1
+                if self.spool is not None:
+                    self._settle(event, row)
+                    self._healthy()
             elif outcome.kind == RETRY:
-                self._retry_later(event, retry, outcome)
+                self._retry_later(event, retry, outcome, row)
             else:
                 assert outcome.kind == PERMANENT
                 warn_limited(
@@ -335,6 +737,11 @@ class Lane:
                     error=outcome.error,
                     attempts=retry.attempts if retry else 1,
                 )
+                if self.spool is not None:
+                    self._settle(event, row)
+                    self._healthy()  # the API answered: it is up
+            if row and row == self._probe_row:
+                self._probe_done()
         except asyncio.CancelledError:
             raise  # shutdown: the closer writes self._current to the failure log
         except BaseException as exc:  # a bug: never a silent drop
@@ -346,12 +753,25 @@ class Lane:
                 error=f"{type(exc).__name__}: {exc}"[:500],
                 attempts=retry.attempts if retry else 1,
             )
+            self._settle(event, row)
+            if row and row == self._probe_row:
+                self._probe_done()
 
-    def _retry_later(self, event: UsageEvent, retry: _Retry | None, outcome: Outcome) -> None:
+    def _retry_later(
+        self, event: UsageEvent, retry: _Retry | None, outcome: Outcome, row: int = 0
+    ) -> None:
         loop = self.loop
         now = loop.time()
+        if self.spool is not None:
+            if self._failing_since is None:
+                self._failing_since = now
+            if not self.outage and now - self._failing_since >= self.spool_grace:
+                self._enter_outage(outcome.error)
+            if self.outage:  # the API is down: wait on disk, not in memory
+                self._park(event, row, "outage")
+                return
         if retry is None:
-            retry = _Retry(event, now)
+            retry = _Retry(event, now, row)
             retry.attempts = 1
         retry.status = outcome.status
         retry.error = outcome.error
@@ -386,6 +806,15 @@ class Lane:
         self._kick()
 
     def _give_up(self, retry: _Retry) -> None:
+        if self.spool is not None and not self.spool.broken:
+            warn_limited(
+                "retries-exhausted-spool",
+                "usage event not delivered after %d attempt(s) (%s); it waits in the spool",
+                retry.attempts,
+                retry.error,
+            )
+            self._park(retry.event, retry.row, "retries_exhausted", defer=True)
+            return
         warn_limited(
             "retries-exhausted",
             "usage event not delivered after %d attempt(s) (%s); it is in the failure log",
@@ -435,10 +864,13 @@ class Lane:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def wait_drained(self) -> None:
-        """Until nothing is queued, in flight or waiting to retry."""
-        while self.pending:
-            if self._idle and (self.queue or self._ready):
+    async def wait_drained(self, settle_outage: bool = False) -> None:
+        """Until nothing is queued, in flight or waiting to retry (nor, with a spool, waiting
+        on disk; with ``settle_outage``, during an outage: until everything is on disk)."""
+        while self.busy(settle_outage):
+            if self._idle and (
+                self.queue or self._ready or (self.spool is not None and self._unloaded)
+            ):
                 self._kick()
             waiter: asyncio.Future[None] = self.loop.create_future()
             self._drain_waiters.append(waiter)
@@ -446,6 +878,8 @@ class Lane:
                 await asyncio.wait_for(asyncio.shield(waiter), 0.05)
             except TimeoutError:
                 pass
+        if self._spill_batch or self._ack_batch:
+            self._flush_io()
         if self._failed_batch:
             self._flush_failures()
 
@@ -470,10 +904,12 @@ class Lane:
         if self.closed:
             return
         self._drain_aggregator()
+        if self.spool is not None:
+            self._adopt()  # before we exit: what dead processes left is ours to keep
         remaining = deadline - self.loop.time()
-        if remaining > 0 and self.pending:
+        if remaining > 0 and self.busy(settle_outage=True):
             try:
-                await asyncio.wait_for(self.wait_drained(), remaining)
+                await asyncio.wait_for(self.wait_drained(settle_outage=True), remaining)
             except TimeoutError:
                 pass
         await self.abandon("shutdown_deadline")
@@ -492,25 +928,55 @@ class Lane:
         if self._workers:
             await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers.clear()
+        if self._probe_handle is not None:
+            self._probe_handle.cancel()
+            self._probe_handle = None
+        durable = self.spool is not None and not self.spool.broken
         left = self.pending
-        for event, retry in list(self._current.values()):
-            self._fail(event, reason, retry, attempts=retry.attempts if retry else 1)
+        for event, retry, row in list(self._current.values()):
+            if durable:
+                self._park(event, row, reason)
+            else:
+                self._fail(event, reason, retry, attempts=retry.attempts if retry else 1)
         self._current.clear()
         for retry in list(self._waiting):
             if retry.handle is not None:
                 retry.handle.cancel()
-            self._fail(retry.event, reason, retry)
+            if durable:
+                self._park(retry.event, retry.row, reason)
+            else:
+                self._fail(retry.event, reason, retry)
         self._waiting.clear()
         while self._ready:
             retry = self._ready.popleft()
-            self._fail(retry.event, reason, retry)
+            if durable:
+                self._park(retry.event, retry.row, reason)
+            else:
+                self._fail(retry.event, reason, retry)
         self.closed = True  # from here on, submit() is refused by the client
         while True:
             try:
                 event = self.queue.popleft()
             except IndexError:
                 break
-            self._fail(event, reason, None)
+            self.counters.taken += 1
+            if durable:
+                self._park(event, 0, reason)
+            else:
+                self._fail(event, reason, None)
+        if self.spool is not None:
+            self._flush_io()
+            kept = self.spool.close()
+            self._buffer.clear()
+            self._leased.clear()
+            if left and kept > 0:
+                logger.warning(
+                    "%d usage event(s) not delivered before the shutdown deadline; they are "
+                    "in the spool %s",
+                    left,
+                    self.spool.db_path,
+                )
+                left = 0
         self._flush_failures()
         if left:
             logger.warning(
@@ -707,22 +1173,35 @@ def _abandon_from_outside(lane: Lane) -> None:
             lane.queue.extend(lane.aggregator.drain())
         except Exception:  # pragma: no cover
             logger.exception("fluxrate: could not drain the open aggregates")
-    records = []
+    events = []
     while True:
         try:
-            event = lane.queue.popleft()
+            events.append(lane.queue.popleft())
         except IndexError:
             break
-        records.append(make_record(event, "shutdown_deadline"))
     lane.closed = True
-    lane.counters.add("failed", len(records))
-    lane.failure_log.write(records)
+    spool = lane.spool
+    if spool is not None:  # the loop is wedged or gone: write to the spool from here
+        try:
+            if events:
+                written = spool.spill([(event, "shutdown_deadline") for event in events])
+                if written == len(events):
+                    lane.counters.add("spooled", written)
+                    events = []
+        except Exception:
+            logger.exception("cannot write to the spool %s", spool.db_path)
+        spool.close()
+    lane.counters.add("failed", len(events))
+    lane.failure_log.write([make_record(event, "shutdown_deadline") for event in events])
 
 
 def flush_lane(lane: Lane, timeout: float | None) -> bool:
-    """Wait until ``lane`` has nothing pending; ``False`` if ``timeout`` passed first."""
-    if not lane.pending:
+    """Wait until ``lane`` has nothing pending; ``False`` if ``timeout`` passed first. With a
+    spool, the backlog on disk counts, and ``None`` waits at most ``max_retry_age``."""
+    if not lane.busy():
         return True
+    if timeout is None and lane.spool is not None:
+        timeout = lane.settings.max_retry_age
     runtime = lane.runtime
     if runtime.pid != os.getpid() or not runtime.thread.is_alive():
         return False
