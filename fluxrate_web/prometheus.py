@@ -23,6 +23,7 @@ metric                                      type     from
 ``fluxrate_queue_capacity``                 gauge    ``max_queue_size``
 ``fluxrate_delivery_latency_seconds``       histo.   ``stats.latency``, when the client has it
 ``fluxrate_aggregation_*``                  mixed    pre-aggregation counters, when enabled
+``fluxrate_events_spooled_total``, ...      mixed    the disk spool (``durability``), when on
 ``fluxrate_client_<name>``                  gauge    any other number of ``stats.as_dict()``
 ==========================================  =======  ===========================================
 
@@ -86,8 +87,14 @@ _AGGREGATION_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("aggregates", "aggregation_emitted", "Pre-aggregates emitted as events for delivery."),
 )
 
+_SPOOL_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("spooled", "events_spooled", "Usage events written to the disk spool's backlog."),
+    ("adopted", "events_adopted", "Usage events adopted from the spools of ended processes."),
+)
+
 _KNOWN = frozenset(
-    [attr for attr, _m, _h in (*_COUNTERS, *_GAUGES, *_AGGREGATION_COUNTERS)] + ["aggregates_open"]
+    [attr for attr, _m, _h in (*_COUNTERS, *_GAUGES, *_AGGREGATION_COUNTERS, *_SPOOL_COUNTERS)]
+    + ["aggregates_open", "spool_backlog"]
 )
 
 Source = Any
@@ -296,6 +303,17 @@ def _read(
         extra.gauge(
             "aggregation_open", "Pre-aggregates open right now (usage not yet sent)."
         ).add_metric(labels, open_now)
+
+    # durability spool/strict: the client lists these in as_dict() then
+    for attr, metric, help_text in _SPOOL_COUNTERS:
+        number = optional(attr)
+        if number is not None:
+            extra.counter(metric, help_text).add_metric(labels, number)
+    backlog = optional("spool_backlog")
+    if backlog is not None:
+        extra.gauge(
+            "spool_backlog", "Usage events waiting in the disk spool right now."
+        ).add_metric(labels, backlog)
 
     latency = getattr(stats, "latency", None)
     histogram = _histogram_buckets(latency) if latency is not None else None

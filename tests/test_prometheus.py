@@ -267,10 +267,38 @@ def test_numbers_a_newer_client_reports_are_exported_as_gauges(
 ) -> None:
     class Stats:
         def as_dict(self) -> dict[str, object]:
-            return {"enqueued": 5, "delivered": 5, "spool_backlog": 3, "mode": "strict"}
+            return {"enqueued": 5, "delivered": 5, "future_gauge": 3, "mode": "strict"}
 
     register(SimpleNamespace(stats=Stats()), registry=registry)
     samples = scrape(registry)
     assert samples[("fluxrate_events_enqueued_total", "default")] == 5
-    assert samples[("fluxrate_client_spool_backlog", "default")] == 3
+    assert samples[("fluxrate_client_future_gauge", "default")] == 3
     assert not [key for key in samples if "mode" in key[0]]  # not a number: left out
+
+
+def test_spool_counters_match_client_stats(
+    fluxrate_server: DevServer, registry: CollectorRegistry, tmp_path: Path
+) -> None:
+    token = fluxrate_server.meter_token("api_calls")
+    client = FluxrateClient(
+        fluxrate_server.api_key,
+        fluxrate_server.url,
+        durability="strict",
+        spool_path=tmp_path / "spool",
+        **FAST,  # type: ignore[arg-type]
+    )
+    try:
+        register(client, registry=registry)
+        for i in range(20):
+            assert client.track(token, f"cust_{i % 2}", 1)
+        assert client.flush(10)
+        stats = client.stats.as_dict()
+        samples = scrape(registry)
+    finally:
+        client.close()
+    assert stats["delivered"] == 20
+    assert samples[("fluxrate_events_spooled_total", "default")] == stats["spooled"]
+    assert samples[("fluxrate_events_adopted_total", "default")] == stats["adopted"]
+    assert samples[("fluxrate_spool_backlog", "default")] == stats["spool_backlog"] == 0
+    for name, metric in COUNTERS.items():
+        assert samples[(metric, "default")] == stats[name], name
