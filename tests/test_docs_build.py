@@ -57,14 +57,23 @@ def test_cli_page_documents_every_subcommand_and_option() -> None:
     from fluxrate_web.cli import SUBCOMMANDS
 
     text = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
+
+    def check(command: str, parser: argparse.ArgumentParser) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub_parser in action.choices.items():
+                    assert f"`{sub_name}`" in text, f"{command} {sub_name} is not documented"
+                    check(f"{command} {sub_name}", sub_parser)
+                continue
+            names = action.option_strings or [action.metavar or action.dest]
+            assert any(f"`{option}`" in text for option in names), (
+                f"{command}: {names[0]} is not documented in docs/cli.md"
+            )
+
     for name, (module_name, _help) in SUBCOMMANDS.items():
         assert f"## `fluxrate-web {name}`" in text, f"no section for fluxrate-web {name}"
         parser = argparse.ArgumentParser(prog=f"fluxrate-web {name}")
         importlib.import_module(module_name).configure(parser)
-        for action in parser._actions:
-            if isinstance(action, argparse._HelpAction):
-                continue
-            names = action.option_strings or [action.metavar or action.dest]
-            assert any(f"`{option}`" in text for option in names), (
-                f"fluxrate-web {name}: {names[0]} is not documented in docs/cli.md"
-            )
+        check(f"fluxrate-web {name}", parser)
