@@ -1,4 +1,4 @@
-"""The ``fluxrate-web`` command line.
+"""The fluxrate-web command line.
 
 Each subcommand lives beside the code it drives and is imported only when chosen, so
 ``fluxrate-web replay`` never imports the devserver's web stack and vice versa.
@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "token": ("fluxrate_web.devserver.token_cli", "mint a devserver JWT for POST /api/v1/usage"),
     "replay": ("fluxrate_web.core.replay", "resend the events of a failure log"),
     "check": ("fluxrate_web.core.check", "validate a fluxrate.yaml and print its meters and rules"),
+    "spool": ("fluxrate_web.core.spool_cli", "inspect and empty a spool directory"),
 }
 
 
