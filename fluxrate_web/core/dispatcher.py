@@ -610,6 +610,10 @@ class Lane:
             self._spill_excess()
         if now >= self._adopt_at:
             self._adopt()
+        try:
+            self.spool.checkpoint()  # type: ignore[union-attr]
+        except Exception as exc:
+            log_limited(logging.ERROR, "spool-checkpoint", "spool checkpoint failed: %s", exc)
         if (
             self.on_disk > 0
             and not self._unloaded
