@@ -530,11 +530,15 @@ class FluxrateClient:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Start the background worker now (it starts by itself on the first event)."""
+        """Start the background worker now (it starts by itself on the first event). With
+        ``durability="strict"`` this also opens the spool file, which the first ``track()``
+        would otherwise do (a few milliseconds, once)."""
         if self._pid != os.getpid():
             self._after_fork()
         if self._closed:
             raise FluxrateError("this FluxrateClient is closed")
+        if self._strict and self._spool is not None:
+            self._spool.open()
         self._start_lane()
 
     def _start_lane(self) -> Lane | None:

@@ -260,13 +260,35 @@ def claim(directory: str, stem: str, *, remove: bool = True) -> Iterator[str | N
         os.close(fd)
 
 
+_TMP_LOCK = re.compile(r"^\.spool-\d+-[0-9a-f]{8,32}\.lock\.tmp$")
+
+
 def orphan_stems(directory: str) -> list[str]:
-    """Stems of the spool files in ``directory`` (live or not), sorted."""
+    """Stems of the spool files in ``directory`` (live or not), sorted. Removes the temporary
+    lock file of a process that died while creating its spool (it held nothing yet)."""
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
         return []
+    for name in names:
+        if _TMP_LOCK.match(name):
+            _remove_dead_tmp(os.path.join(directory, name))
     return sorted({m.group(1) for m in map(_STEM.match, names) if m})
+
+
+def _remove_dead_tmp(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return
+    try:  # a minute old and unlocked: its creator died before it renamed it
+        if time.time() - os.fstat(fd).st_mtime > 60 and _try_lock(fd):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- this process's spool

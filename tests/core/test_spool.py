@@ -293,3 +293,30 @@ def test_cli_usage_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert code == 0
     assert str(tmp_path) in text
     assert count_rows(str(tmp_path / "missing.sqlite3")) == (0, None)
+
+
+def test_a_stale_temporary_lock_is_cleaned_up(tmp_path: Path) -> None:
+    stale = tmp_path / ".spool-1-0123abcd.lock.tmp"
+    fresh = tmp_path / ".spool-2-0123abcd.lock.tmp"
+    stale.write_text("pid=1\n")
+    fresh.write_text("pid=2\n")
+    os.utime(stale, (1, 1))
+    spool = Spool(tmp_path)
+    try:
+        spool.adopt()
+    finally:
+        spool.close()
+    assert not stale.exists()
+    assert fresh.exists()  # may belong to a process creating its spool right now
+
+
+def test_start_opens_the_strict_spool(tmp_path: Path) -> None:
+    client = FluxrateClient(
+        "org_live_k", "http://127.0.0.1:9", durability="strict", spool_path=tmp_path
+    )
+    try:
+        client.start()
+        assert any(p.suffix == ".sqlite3" for p in tmp_path.iterdir())
+    finally:
+        client.close(0)
+    assert list(tmp_path.iterdir()) == []
