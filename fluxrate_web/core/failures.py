@@ -110,6 +110,13 @@ class FailureLog:
         for record in records:
             try:
                 text = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
+                if not text.isascii():
+                    try:
+                        text.encode("utf-8")
+                    except UnicodeEncodeError:
+                        # A lone surrogate cannot be written as UTF-8; \uXXXX escapes keep the
+                        # line valid JSON that json.loads turns back into the very same event.
+                        text = json.dumps(record, separators=(",", ":"), default=str)
             except Exception as exc:  # pragma: no cover - records are built from valid events
                 text = json.dumps(
                     {"v": FORMAT_VERSION, "reason": "internal_error", "error": str(exc)}

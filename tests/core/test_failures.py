@@ -103,3 +103,15 @@ def test_warn_limited_counts_suppressed(caplog: pytest.LogCaptureFixture) -> Non
         assert not warn_limited("k2", "other", interval=60)
         assert warn_limited("k2", "other", interval=0.0)
     assert "2 similar messages suppressed" in caplog.text
+
+
+def test_a_line_that_is_not_utf8_encodable_is_still_written(tmp_path: Path) -> None:
+    # A lone surrogate (say, in a server's error text) has no UTF-8 form: the line falls back
+    # to \uXXXX escapes instead of failing the write, and reads back to the same value.
+    path = tmp_path / "failed.jsonl"
+    log = FailureLog(path)
+    event = UsageEvent.create("mt", "cust")
+    log.add(event, "rejected", status=422, error="detail: bad \udc80 value")
+    line = path.read_bytes().decode("utf-8")
+    assert json.loads(line)["error"] == "detail: bad \udc80 value"
+    assert json.loads(line)["event"] == event.to_dict()
