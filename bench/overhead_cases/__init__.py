@@ -15,6 +15,10 @@ case lazily, on its first call (see :func:`lazy`). The first calls are warm-up a
 
 Peers that deliver somewhere get a local sink: ``sink_url()`` is an HTTP server run by the
 harness that answers every request ``200 {}``.
+
+What the case modules share beyond these request drivers (the measured route, the metering
+settings, the captured client, peer discovery and peer settings aimed at the sink, the quick
+loop of a case module run alone) is in :mod:`overhead_cases._common`.
 """
 
 from __future__ import annotations

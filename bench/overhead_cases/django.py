@@ -11,8 +11,6 @@ Run alone (a quick loop, without the harness)::
 
 from __future__ import annotations
 
-import importlib.util
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -24,10 +22,19 @@ if __name__ == "__main__":  # run as a script: this file's folder must not shado
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here.parent]
     sys.path[:0] = [str(_here.parents[1]), str(_here.parents[2])]
 
-from overhead_cases import lazy, sink_url, wsgi_request
+from overhead_cases import lazy, wsgi_request
+from overhead_cases._common import (
+    PATH,
+    available_peers,
+    bounded,
+    fluxrate_settings,
+    init_sentry,
+    moesif_settings,
+    quick_loop,
+    teardown,
+)
 
-PATH = "/v1/items/42"
-METER_TOKEN = "0b8f6d6e-2c1a-4f5e-9a53-3f3c8d9e7a10"
+__all__ = ["NOTES", "SKIPPED", "cases", "teardown"]
 
 # django-admin startproject's MIDDLEWARE
 DEFAULT_MIDDLEWARE = [
@@ -121,14 +128,6 @@ def configure(
     return WSGIHandler()
 
 
-def fluxrate_settings() -> dict[str, Any]:
-    return {
-        "meters": {"api_calls": METER_TOKEN},
-        "customer": "header:X-Customer-Id",
-        "endpoints": [{"route": "/v1/items/*", "meter": "api_calls"}],
-    }
-
-
 def bare() -> Callable[[], None]:
     return wsgi_request(configure(), PATH)
 
@@ -145,19 +144,7 @@ def fluxrate() -> Callable[[], None]:
     # What the app's ready() builds from settings.FLUXRATE, with a capturing client.
     client = CapturingClient()
     _runtime.install(Metering.from_config(overrides=fluxrate_settings(), client=client))
-    one = wsgi_request(WSGIHandler(), PATH)
-    count = [0]
-
-    def call() -> None:
-        one()
-        count[0] += 1
-        if count[0] >= 10_000:  # keep the captured list (the "queue") bounded
-            if len(client.events) < 10_000:
-                raise AssertionError("the metered route did not produce its events")
-            client.clear()
-            count[0] = 0
-
-    return call
+    return bounded(wsgi_request(WSGIHandler(), PATH), client.events)
 
 
 # --------------------------------------------------------------------------- peers
@@ -176,20 +163,6 @@ PEERS: dict[str, tuple[str, str]] = {
 }
 
 
-def available_peers() -> tuple[list[str], dict[str, str]]:
-    present, skipped = [], {}
-    for name, (module, _what) in PEERS.items():
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:
-            found = False
-        if found:
-            present.append(name)
-        else:
-            skipped[name] = f"`{module}` is not installed (`make bench` installs it)"
-    return present, skipped
-
-
 def django_prometheus() -> Callable[[], None]:
     handler = configure(
         [
@@ -203,27 +176,17 @@ def django_prometheus() -> Callable[[], None]:
 
 
 def moesif() -> Callable[[], None]:
-    logging.getLogger("moesifdjango").setLevel(logging.CRITICAL)
     handler = configure(
         [*DEFAULT_MIDDLEWARE, "moesifdjango.middleware.moesif_middleware"],
-        MOESIF_MIDDLEWARE={
-            "APPLICATION_ID": "bench-app-id",
-            "BASE_URI": sink_url(),
-            "LOG_BODY": True,
-            "CAPTURE_OUTGOING_REQUESTS": False,
-        },
+        MOESIF_MIDDLEWARE=moesif_settings("moesifdjango", CAPTURE_OUTGOING_REQUESTS=False),
     )
     return wsgi_request(handler, PATH)
 
 
 def sentry() -> Callable[[], None]:
-    import sentry_sdk
     from sentry_sdk.integrations.django import DjangoIntegration
 
-    host = sink_url().removeprefix("http://")
-    sentry_sdk.init(
-        dsn=f"http://public@{host}/1", traces_sample_rate=1.0, integrations=[DjangoIntegration()]
-    )
+    init_sentry(DjangoIntegration())
     return wsgi_request(configure(), PATH)
 
 
@@ -233,7 +196,7 @@ BUILDERS: dict[str, Callable[[], Callable[[], None]]] = {
     "sentry": sentry,
 }
 
-present, SKIPPED = available_peers()
+present, SKIPPED = available_peers(PEERS)
 NOTES.update({name: PEERS[name][1] for name in present})
 
 
@@ -245,38 +208,5 @@ def cases() -> dict[str, Callable[[], Any]]:
     }
 
 
-def teardown() -> None:
-    try:
-        import sentry_sdk
-
-        client = sentry_sdk.get_client()
-        if client.is_active():
-            client.close(timeout=2)
-    except Exception:
-        pass
-
-
 if __name__ == "__main__":  # a quick loop: one case per process, like the harness
-    import argparse
-    import subprocess
-    import sys
-    import time
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("case", nargs="?")
-    parser.add_argument("--number", type=int, default=20_000)
-    args = parser.parse_args()
-    if args.case is None:
-        for name in cases():
-            subprocess.run([sys.executable, __file__, name, "--number", str(args.number)])
-    else:
-        fn = cases()[args.case]
-        for _ in range(2000):
-            fn()
-        best = []
-        for _ in range(5):
-            start = time.perf_counter()
-            for _ in range(args.number):
-                fn()
-            best.append((time.perf_counter() - start) / args.number * 1e6)
-        print(f"{args.case}: {min(best):.1f} µs/request (best of 5)")
+    quick_loop(__file__, cases)

@@ -11,8 +11,6 @@ Run alone (a quick loop, without the harness)::
 
 from __future__ import annotations
 
-import importlib.util
-import logging
 import os
 import tempfile
 from collections.abc import Callable
@@ -27,9 +25,19 @@ if __name__ == "__main__":  # run as a script: this file's folder must not shado
     sys.path[:0] = [str(_here.parents[1]), str(_here.parents[2])]
 
 from overhead_cases import lazy, sink_url, wsgi_request
+from overhead_cases._common import (
+    PATH,
+    available_peers,
+    bounded,
+    capturing_client,
+    fluxrate_settings,
+    init_sentry,
+    moesif_settings,
+    quick_loop,
+    teardown,
+)
 
-PATH = "/v1/items/42"
-METER_TOKEN = "0b8f6d6e-2c1a-4f5e-9a53-3f3c8d9e7a10"
+__all__ = ["NOTES", "SKIPPED", "cases", "teardown"]
 
 NOTES = {
     "bare": "an app factory, a /v1 blueprint, a function view returning a dict (JSON)",
@@ -79,48 +87,25 @@ def create_app(configure: Callable[[Any], None] | None = None) -> Any:
 
 
 def fluxrate_config() -> dict[str, Any]:
-    return {
-        "FLUXRATE_METERS": {"api_calls": METER_TOKEN},
-        "FLUXRATE_CUSTOMER": "header:X-Customer-Id",
-        "FLUXRATE_ENDPOINTS": [{"route": "/v1/items/*", "meter": "api_calls"}],
-    }
+    """:func:`fluxrate_settings` as ``app.config`` keys (``FLUXRATE_METERS``, ...)."""
+    return {f"FLUXRATE_{key.upper()}": value for key, value in fluxrate_settings().items()}
 
 
 def bare() -> Callable[[], None]:
     return wsgi_request(create_app(), PATH)
 
 
-_KEEP: list[Any] = []
-
-
 def fluxrate() -> Callable[[], None]:
-    from fluxrate_web.core.client import FluxrateClient, capture_events
     from fluxrate_web.flask import Fluxrate
 
-    capture = capture_events()
-    _KEEP.append(capture)  # a collected context manager would end the capture
-    captured: list[Any] = capture.__enter__()  # for the life of this case's process
-    client = FluxrateClient(
-        api_key="org_live_bench", base_url="http://127.0.0.1:9", allow_insecure=True
-    )
+    client, captured = capturing_client()
     extension = Fluxrate(client=client)
 
     def configure(app: Any) -> None:
         app.config.update(fluxrate_config())
         extension.init_app(app)
 
-    one = wsgi_request(create_app(configure), PATH)
-    count = [0]
-
-    def call() -> None:
-        one()
-        count[0] += 1
-        if count[0] == 1 and len(captured) != 1:
-            raise AssertionError("the metered route did not produce its event")
-        if count[0] % 10_000 == 0:  # keep the captured list (the "queue") bounded
-            captured.clear()
-
-    return call
+    return bounded(wsgi_request(create_app(configure), PATH), captured)
 
 
 def fluxrate_delivering() -> Callable[[], None]:
@@ -174,20 +159,6 @@ PEERS: dict[str, tuple[str, str]] = {
 }
 
 
-def available_peers() -> tuple[list[str], dict[str, str]]:
-    present, skipped = [], {}
-    for name, (module, _what) in PEERS.items():
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:
-            found = False
-        if found:
-            present.append(name)
-        else:
-            skipped[name] = f"`{module}` is not installed (`make bench` installs it)"
-    return present, skipped
-
-
 def prometheus_flask_exporter() -> Callable[[], None]:
     from prometheus_flask_exporter import PrometheusMetrics
 
@@ -197,28 +168,17 @@ def prometheus_flask_exporter() -> Callable[[], None]:
 def moesif() -> Callable[[], None]:
     from moesifwsgi import MoesifMiddleware
 
-    logging.getLogger("moesifwsgi").setLevel(logging.CRITICAL)
     app = create_app()
     app.wsgi_app = MoesifMiddleware(  # type: ignore[method-assign]
-        app.wsgi_app,
-        {
-            "APPLICATION_ID": "bench-app-id",
-            "BASE_URI": sink_url(),
-            "LOG_BODY": True,
-            "CAPTURE_OUTGOING_REQUESTS": False,
-        },
+        app.wsgi_app, moesif_settings("moesifwsgi", CAPTURE_OUTGOING_REQUESTS=False)
     )
     return wsgi_request(app, PATH)
 
 
 def sentry() -> Callable[[], None]:
-    import sentry_sdk
     from sentry_sdk.integrations.flask import FlaskIntegration
 
-    host = sink_url().removeprefix("http://")
-    sentry_sdk.init(
-        dsn=f"http://public@{host}/1", traces_sample_rate=1.0, integrations=[FlaskIntegration()]
-    )
+    init_sentry(FlaskIntegration())
     return wsgi_request(create_app(), PATH)
 
 
@@ -228,7 +188,7 @@ BUILDERS: dict[str, Callable[[], Callable[[], None]]] = {
     "sentry": sentry,
 }
 
-present, SKIPPED = available_peers()
+present, SKIPPED = available_peers(PEERS)
 NOTES.update({name: PEERS[name][1] for name in present})
 
 
@@ -241,39 +201,5 @@ def cases() -> dict[str, Callable[[], Any]]:
     }
 
 
-def teardown() -> None:
-    try:
-        import sentry_sdk
-
-        client = sentry_sdk.get_client()
-        if client.is_active():
-            client.close(timeout=2)
-    except Exception:
-        pass
-
-
 if __name__ == "__main__":  # a quick loop: one case per process, like the harness
-    import argparse
-    import subprocess
-    import sys
-    import time
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("case", nargs="?")
-    parser.add_argument("--number", type=int, default=20_000)
-    args = parser.parse_args()
-    if args.case is None:
-        for name in cases():
-            subprocess.run([sys.executable, __file__, name, "--number", str(args.number)])
-    else:
-        fn = cases()[args.case]
-        for _ in range(2000):
-            fn()
-        best = []
-        for _ in range(5):
-            start = time.perf_counter()
-            for _ in range(args.number):
-                fn()
-            best.append((time.perf_counter() - start) / args.number * 1e6)
-        print(f"{args.case}: {min(best):.1f} µs/request (best of 5)")
-        teardown()
+    quick_loop(__file__, cases)

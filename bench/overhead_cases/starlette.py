@@ -6,16 +6,21 @@ The app has a handful of routes like a real service; every case requests
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from overhead_cases import asgi_request, lazy, sink_url
-
-PATH = "/v1/items/42"
-METER_TOKEN = "0b8f6d6e-2c1a-4f5e-9a53-3f3c8d9e7a10"
+from overhead_cases._common import (
+    PATH,
+    available_peers,
+    bounded_async,
+    capturing_client,
+    fluxrate_settings,
+    init_sentry,
+    moesif_settings,
+)
 
 NOTES = {
     "bare": "the app alone",
@@ -65,31 +70,14 @@ def make_app() -> Any:
     )
 
 
-def fluxrate_settings() -> dict[str, Any]:
-    return {
-        "meters": {"api_calls": METER_TOKEN},
-        "customer": "header:X-Customer-Id",
-        "endpoints": [{"route": "/v1/items/*", "meter": "api_calls"}],
-    }
-
-
-_KEEP: list[Any] = []
-
-
 def metered(make: Callable[[], Any]) -> tuple[Any, list[Any]]:
     """The app with FluxrateMiddleware and a real FluxrateClient whose events are captured
     (``capture_events()``: validated, built and handed over by the real client code, kept in a
     list instead of the delivery queue). Returns the app and that list."""
-    from fluxrate_web.core.client import FluxrateClient, capture_events
     from fluxrate_web.core.metering import Metering
     from fluxrate_web.starlette import FluxrateMiddleware
 
-    capture = capture_events()
-    _KEEP.append(capture)  # a collected context manager would end the capture
-    captured: list[Any] = capture.__enter__()  # for the life of this case's process
-    client = FluxrateClient(
-        api_key="org_live_bench", base_url="http://127.0.0.1:9", allow_insecure=True
-    )
+    client, captured = capturing_client()
     metering = Metering.from_config(overrides=fluxrate_settings(), client=client)
     app = make()
     app.add_middleware(FluxrateMiddleware, metering=metering)
@@ -98,18 +86,7 @@ def metered(make: Callable[[], Any]) -> tuple[Any, list[Any]]:
 
 def fluxrate_case(make: Callable[[], Any]) -> Callable[[], Any]:
     app, captured = metered(make)
-    one = asgi_request(app, PATH)
-    count = [0]
-
-    async def call() -> None:
-        await one()
-        count[0] += 1
-        if count[0] == 1 and len(captured) != 1:
-            raise AssertionError("the metered route did not produce its event")
-        if count[0] % 10_000 == 0:  # keep the captured list (the "queue") bounded
-            captured.clear()
-
-    return call
+    return bounded_async(asgi_request(app, PATH), captured)
 
 
 # --------------------------------------------------------------------------- peers
@@ -133,25 +110,8 @@ PEERS: dict[str, tuple[str, str]] = {
 }
 
 
-def available_peers() -> tuple[list[str], dict[str, str]]:
-    present, skipped = [], {}
-    for name, (module, _what) in PEERS.items():
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:
-            found = False
-        if found:
-            present.append(name)
-        else:
-            skipped[name] = f"`{module}` is not installed (`make bench` installs it)"
-    return present, skipped
-
-
 def sentry(make_app: MakeApp) -> Any:
-    import sentry_sdk
-
-    host = sink_url().removeprefix("http://")
-    sentry_sdk.init(dsn=f"http://public@{host}/1", traces_sample_rate=1.0)
+    init_sentry()
     return make_app()
 
 
@@ -202,16 +162,11 @@ def starlette_exporter(make_app: MakeApp) -> Any:
 
 
 def moesif(make_app: MakeApp) -> Any:
-    import logging
-
     from moesifasgi import MoesifMiddleware
 
-    logging.getLogger("moesifasgi").setLevel(logging.CRITICAL)
+    settings = moesif_settings("moesifasgi")
     app = make_app()
-    app.add_middleware(
-        MoesifMiddleware,
-        settings={"APPLICATION_ID": "bench-app-id", "BASE_URI": sink_url(), "LOG_BODY": True},
-    )
+    app.add_middleware(MoesifMiddleware, settings=settings)
     return app
 
 
@@ -222,7 +177,7 @@ BUILDERS: dict[str, Callable[[MakeApp], Any]] = {
     "moesif": moesif,
 }
 
-present, SKIPPED = available_peers()
+present, SKIPPED = available_peers(PEERS)
 NOTES.update({name: PEERS[name][1] for name in present})
 
 
