@@ -6,6 +6,7 @@ an event sends the same bytes and the API deduplicates it. Events are immutable.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import numbers
@@ -45,20 +46,40 @@ _metadata_encoder = json.JSONEncoder(
 
 # --------------------------------------------------------------------------- timestamps
 
-_ts_cache: tuple[int, str] = (-1, "")
+_ts_cache: tuple[int, str] = (-1, "")  # (epoch second, "YYYY-MM-DDTHH:MM:SS")
+_ms_cache: tuple[int, str] = (-1, "")  # (epoch millisecond, its full timestamp)
+_time_ns = time.time_ns
 
 
 def utc_timestamp(now: float | None = None) -> str:
     """The current time (or ``now``, epoch seconds) as ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
-    global _ts_cache
-    ms = int((time.time() if now is None else now) * 1000)
-    sec, ms = divmod(ms, 1000)
+    if now is None:
+        return _now_timestamp()
+    return _format_ms(int(now * 1000))
+
+
+def _now_timestamp() -> str:
+    # The request path: one clock read and, most of the time, the string of the same
+    # millisecond (a server handling > 1,000 requests/s asks many times per millisecond).
+    ms = _time_ns() // 1_000_000
+    cached = _ms_cache
+    if cached[0] == ms:
+        return cached[1]
+    return _format_ms(ms)
+
+
+def _format_ms(total_ms: int) -> str:
+    global _ts_cache, _ms_cache
+    sec, ms = divmod(total_ms, 1000)
     cached = _ts_cache
     if cached[0] == sec:
-        return f"{cached[1]}.{ms:03d}Z"
-    prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-    _ts_cache = (sec, prefix)
-    return f"{prefix}.{ms:03d}Z"
+        prefix = cached[1]
+    else:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        _ts_cache = (sec, prefix)
+    text = f"{prefix}.{ms:03d}Z"
+    _ms_cache = (total_ms, text)  # one tuple, replaced whole: safe across threads
+    return text
 
 
 def _format_datetime(value: datetime) -> str:
@@ -99,21 +120,40 @@ def _normalize_timestamp(value: object) -> str:
 
 # --------------------------------------------------------------------------- idempotency keys
 
-# A random 64-bit prefix per process and a counter: unique across processes (and forks: the
-# pid is checked on every call) at a fraction of the cost of uuid4().
-_key_state: list[Any] = [-1, "", 0]
+# A random 64-bit prefix per process and a counter: unique across processes (and forks: reseeded
+# in the child by an at-fork hook, and the pid is checked on every call of new_idempotency_key())
+# at a fraction of the cost of uuid4(). The counter is an itertools.count: next() is atomic under
+# the GIL, so two threads never draw the same number.
+_key_pid = -1
+_key_base = 0  # prefix << 64
+_key_counter = itertools.count(1)
+
+
+def _reseed_keys() -> None:
+    global _key_pid, _key_base, _key_counter
+    _key_base = int.from_bytes(os.urandom(8), "big") << 64
+    _key_counter = itertools.count(1)
+    _key_pid = os.getpid()
+
+
+def reseed_keys_if_forked(pid: int) -> None:
+    """Draw a new key prefix if this process (``pid``, from ``os.getpid()``) is not the one
+    the current prefix was drawn in: a fork that the at-fork hook did not see. The client calls
+    this from its own pid check, which the trusted path relies on."""
+    if pid != _key_pid:
+        _reseed_keys()
 
 
 def new_idempotency_key() -> str:
     """A fresh 32-character hex key, unique across processes."""
-    state = _key_state
-    pid = os.getpid()
-    if state[0] != pid:
-        state[1] = os.urandom(8).hex()
-        state[2] = 0
-        state[0] = pid
-    n = state[2] = state[2] + 1
-    return f"{state[1]}{n:016x}"
+    if os.getpid() != _key_pid:
+        _reseed_keys()
+    return f"{_key_base + next(_key_counter):032x}"
+
+
+_reseed_keys()
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_reseed_keys)
 
 
 # --------------------------------------------------------------------------- validation
@@ -132,6 +172,23 @@ def _check_id(value: object, name: str, *, required: bool = True) -> str:
         raise InvalidUsageError(f"{name}: longer than {MAX_ID_LENGTH} characters")
     if not (value.isascii() and value.isprintable()) and _CONTROL.search(value):
         raise InvalidUsageError(f"{name}: contains control characters")
+    return value
+
+
+# Ids already checked by _check_id: the request path sees the same meter tokens and customers
+# again and again. Bounded (cleared when full); holds only exact ``str`` that passed the check.
+_valid_ids: set[str] = set()
+_VALID_IDS_MAX = 8192
+
+
+def checked_id(value: object, name: str) -> str:
+    """``_check_id(value, name)`` (required), remembering the ids that passed."""
+    if type(value) is str and value in _valid_ids:
+        return value
+    value = _check_id(value, name)
+    if len(_valid_ids) >= _VALID_IDS_MAX:
+        _valid_ids.clear()
+    _valid_ids.add(value)
     return value
 
 
@@ -247,7 +304,7 @@ class UsageEvent:
         ``timestamp`` may be an ISO-8601 string, a ``datetime`` (naive ones are taken as UTC) or
         epoch seconds; it is stored as UTC with milliseconds.
         """
-        if meter_id is not None or customer_id is not None:
+        if meter_id is not None or customer_id is not None or cls is not UsageEvent:
             return cls(
                 meter_token,
                 customer_external_id,
@@ -258,33 +315,31 @@ class UsageEvent:
                 meter_id,
                 customer_id,
             )
-        # The fast path of track(): validate only what the caller gave, no second pass.
-        self = object.__new__(cls)
-        _set(self, "meter_token", _check_id(meter_token, "meter_token"))
-        _set(self, "customer_external_id", _check_id(customer_external_id, "customer_external_id"))
-        _set(self, "quantity", _check_quantity(quantity))
-        _set(
-            self,
-            "timestamp",
-            utc_timestamp() if timestamp is None else _normalize_timestamp(timestamp),
-        )
-        _set(
-            self,
-            "idempotency_key",
+        if (
+            timestamp is None
+            and idempotency_key is None
+            and metadata is None
+            and type(meter_token) is str
+            and type(customer_external_id) is str
+            and meter_token in _valid_ids
+            and customer_external_id in _valid_ids
+            and type(quantity) is int
+            and 0 < quantity <= MAX_QUANTITY
+        ):
+            # The common call (ids seen before, an int, nothing else): nothing left to check.
+            return _built(meter_token, customer_external_id, quantity, None, None)
+        # Validate only what the caller gave, no second pass.
+        token = checked_id(meter_token, "meter_token")
+        customer = checked_id(customer_external_id, "customer_external_id")
+        number = _check_quantity(quantity)
+        stamp = _now_timestamp() if timestamp is None else _normalize_timestamp(timestamp)
+        key = (
             new_idempotency_key()
             if idempotency_key is None
-            else _check_id(idempotency_key, "idempotency_key"),
+            else _check_id(idempotency_key, "idempotency_key")
         )
-        if metadata is None:
-            _set(self, "metadata", None)
-            _set(self, "_metadata_json", None)
-        else:
-            frozen, encoded = _check_metadata(metadata)
-            _set(self, "metadata", frozen)
-            _set(self, "_metadata_json", encoded)
-        _set(self, "meter_id", None)
-        _set(self, "customer_id", None)
-        return self
+        frozen, encoded = _check_metadata(metadata)
+        return _built(token, customer, number, frozen, encoded, stamp, key)
 
     @classmethod
     def rest(
@@ -391,3 +446,90 @@ class UsageEvent:
 
 
 _set = object.__setattr__
+
+
+class _Building:
+    """The slots of :class:`UsageEvent`, not frozen: filled with plain stores (a third of the
+    cost of nine ``object.__setattr__`` calls), then turned into a ``UsageEvent`` by
+    ``__class__`` assignment, which CPython allows between classes of identical layout.
+    Checked at import (see ``_check_building``); without it, ``_built`` sets the slots the
+    slow way."""
+
+    __slots__ = UsageEvent.__slots__
+
+    meter_token: str
+    customer_external_id: str
+    quantity: int | float | Decimal
+    timestamp: str
+    idempotency_key: str
+    metadata: Mapping[str, Any] | None
+    meter_id: str | None
+    customer_id: str | None
+    _metadata_json: str | None
+
+
+def _built(
+    meter_token: str,
+    customer_external_id: str,
+    quantity: int | float | Decimal,
+    metadata: Mapping[str, Any] | None,
+    metadata_json: str | None,
+    timestamp: str | None = None,
+    idempotency_key: str | None = None,
+) -> UsageEvent:
+    """An event from values that are already valid (checked by the caller). Stamps the
+    current time and a fresh key unless given."""
+    event = _Building()
+    event.meter_token = meter_token
+    event.customer_external_id = customer_external_id
+    event.quantity = quantity
+    event.timestamp = _now_timestamp() if timestamp is None else timestamp
+    event.idempotency_key = new_idempotency_key() if idempotency_key is None else idempotency_key
+    event.metadata = metadata
+    event.meter_id = None
+    event.customer_id = None
+    event._metadata_json = metadata_json
+    event.__class__ = UsageEvent  # type: ignore[assignment]
+    return event  # type: ignore[return-value]
+
+
+def _built_slowly(
+    meter_token: str,
+    customer_external_id: str,
+    quantity: int | float | Decimal,
+    metadata: Mapping[str, Any] | None,
+    metadata_json: str | None,
+    timestamp: str | None = None,
+    idempotency_key: str | None = None,
+) -> UsageEvent:
+    event = object.__new__(UsageEvent)
+    _set(event, "meter_token", meter_token)
+    _set(event, "customer_external_id", customer_external_id)
+    _set(event, "quantity", quantity)
+    _set(event, "timestamp", _now_timestamp() if timestamp is None else timestamp)
+    _set(
+        event,
+        "idempotency_key",
+        new_idempotency_key() if idempotency_key is None else idempotency_key,
+    )
+    _set(event, "metadata", metadata)
+    _set(event, "meter_id", None)
+    _set(event, "customer_id", None)
+    _set(event, "_metadata_json", metadata_json)
+    return event
+
+
+def _check_building() -> None:
+    global _built
+    try:
+        probe = _built("m", "c", 1, None, None, "1970-01-01T00:00:00.000Z", "k")
+        ok = type(probe) is UsageEvent and probe == UsageEvent(
+            "m", "c", 1, "1970-01-01T00:00:00.000Z", "k"
+        )
+    except TypeError:  # another interpreter, another layout rule
+        ok = False
+    if not ok:  # pragma: no cover
+        _built = _built_slowly
+
+
+_check_building()
