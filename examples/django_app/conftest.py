@@ -1,6 +1,9 @@
 """pytest-django for the example: its own settings (``fluxdemo.settings``, given to
 ``settings.configure()`` so that no ``DJANGO_SETTINGS_MODULE`` leaks into other processes), and
-meter tokens in the environment (fluxrate.yaml reads them from there, as in production)."""
+meter tokens in the environment (fluxrate.yaml reads them from there, as in production).
+
+The repository's Django tests (``tests/django/conftest.py``) run this file too, to share this
+setup; everything here is idempotent."""
 
 import os
 import sys

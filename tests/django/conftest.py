@@ -10,48 +10,26 @@ Other test directories never see a Django setting.
 
 from __future__ import annotations
 
-import os
+import runpy
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import django
 import pytest
-from django.apps import apps
-from django.conf import settings
 from django.test.utils import override_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_DIR = ROOT / "examples" / "django_app"
 HERE = Path(__file__).resolve().parent
 
-for _path in (str(EXAMPLE_DIR), str(HERE)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
 
-# The example's fluxrate.yaml reads its meter tokens from the environment.
-EXAMPLE_ENV = {
-    "FLUXRATE_METER_API_CALLS": "11111111-1111-4111-8111-111111111111",
-    "FLUXRATE_METER_REPORTS": "22222222-2222-4222-8222-222222222222",
-    "FLUXRATE_METER_EXPORT_BYTES": "33333333-3333-4333-8333-333333333333",
-}
-for _key, _value in EXAMPLE_ENV.items():
-    os.environ.setdefault(_key, _value)
-if not settings.configured:
-    # settings.configure() rather than DJANGO_SETTINGS_MODULE: an environment variable would
-    # leak into the subprocesses other test directories start (and their pytest-django).
-    import fluxdemo.settings as project_settings
-
-    settings.configure(
-        **{
-            name: getattr(project_settings, name)
-            for name in dir(project_settings)
-            if name.isupper()
-        }
-    )
-if not apps.ready:
-    django.setup()
+# The example's conftest is the one place Django gets configured: its meter tokens in the
+# environment, settings.configure() from fluxdemo.settings (it puts examples/django_app on
+# sys.path), django.setup(). Idempotent, so it does not matter which of the two runs first.
+runpy.run_path(str(EXAMPLE_DIR / "conftest.py"), run_name="fluxdemo_conftest")
 
 from djangotestproj.meters import BASE_CONFIG  # noqa: E402
 
