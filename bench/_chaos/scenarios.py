@@ -247,6 +247,40 @@ class Run:
         )
         self.result.check(not server_errors, f"{len(server_errors)} request(s) answered 5xx")
 
+    def settled(self, timeout: float) -> float:
+        """:meth:`settle`, noted as "ledger complete N s after the load"."""
+        waited = self.settle(timeout)
+        self.result.notes.append(f"ledger complete {waited:.1f} s after the load")
+        return waited
+
+    def stop_and_tally(self, *, none_kept: bool = False) -> Tally:
+        """Stop the app (it flushes), then compare the ledger with the record; with
+        ``none_kept``, the failure log must be empty."""
+        self.stop_app()
+        pre = self.tally()
+        if none_kept:
+            self.result.check(pre.kept == 0, f"{pre.kept} event(s) in the failure log")
+        return pre
+
+    def replay_and_finish(
+        self,
+        pre: Tally,
+        *,
+        expect_kept: bool = False,
+        phases: tuple[str, ...] | None = None,
+    ) -> Tally:
+        """Replay what ``pre`` found in the failure log, check that the app's answers were
+        unaffected (in ``phases``), and fill the result from the final tally."""
+        final = _kept_then_replay(self, pre, expect_kept=expect_kept)
+        self.check_app_unaffected(phases)
+        self.finish(final, kept=pre.kept)
+        return final
+
+    def conclude(self, *, expect_kept: bool = False, none_kept: bool = False) -> Tally:
+        """The usual end of a scenario: :meth:`stop_and_tally`, then :meth:`replay_and_finish`."""
+        pre = self.stop_and_tally(none_kept=none_kept)
+        return self.replay_and_finish(pre, expect_kept=expect_kept)
+
     def finish(self, tally: Tally, *, kept: int | None = None) -> Result:
         r = self.result
         r.take(tally)
@@ -293,15 +327,10 @@ def errors_5xx(ctx: Context, spec: AppSpec) -> Result:
         run.start_load()
         run.load.run_for(ctx.pick(4, 30))  # type: ignore[union-attr]
         run.stop_load()
-        waited = run.settle(ctx.pick(60, 120))
-        run.result.notes.append(f"ledger complete {waited:.1f} s after the load")
+        run.settled(ctx.pick(60, 120))
         _devserver_note(run)
         run.billing.clear_faults()
-        run.stop_app()
-        pre = run.tally()
-        final = _kept_then_replay(run, pre, expect_kept=False)
-        run.check_app_unaffected()
-        run.finish(final, kept=pre.kept)
+        run.conclude()
     return run.result
 
 
@@ -333,14 +362,9 @@ def rate_limit_storm(ctx: Context, spec: AppSpec) -> Result:
             f"{created} new events (bound if Retry-After is honoured: {bound})"
         )
         run.result.check(during <= bound, f"Retry-After not honoured: {during} > {bound}")
-        waited = run.settle(ctx.pick(60, 120))
-        run.result.notes.append(f"ledger complete {waited:.1f} s after the load")
+        run.settled(ctx.pick(60, 120))
         _devserver_note(run)
-        run.stop_app()
-        pre = run.tally()
-        final = _kept_then_replay(run, pre, expect_kept=False)
-        run.check_app_unaffected()
-        run.finish(final, kept=pre.kept)
+        run.conclude()
     return run.result
 
 
@@ -364,11 +388,7 @@ def outage_memory(ctx: Context, spec: AppSpec) -> Result:
         run.stop_load()
         waited = run.settle(ctx.pick(30, 60), with_kept=True)
         run.result.notes.append(f"devserver down {down:g} s; settled {waited:.1f} s after")
-        run.stop_app()
-        pre = run.tally()
-        final = _kept_then_replay(run, pre, expect_kept=True)
-        run.check_app_unaffected()
-        run.finish(final, kept=pre.kept)
+        run.conclude(expect_kept=True)
     return run.result
 
 
@@ -394,12 +414,7 @@ def outage_spool(ctx: Context, spec: AppSpec) -> Result:
             run.result.notes.append(
                 f"client at the end of the outage: pending {stats.get('pending')}"
             )
-        run.stop_app()
-        pre = run.tally()
-        run.result.check(pre.kept == 0, f"{pre.kept} event(s) in the failure log")
-        final = _kept_then_replay(run, pre, expect_kept=False)
-        run.check_app_unaffected()
-        run.finish(final, kept=pre.kept)
+        run.conclude(none_kept=True)
     return run.result
 
 
@@ -424,11 +439,7 @@ def devserver_restart(ctx: Context, spec: AppSpec) -> Result:
             + ", ".join(f"{d:.1f} s" for d in downs)
             + f"; ledger complete {waited:.1f} s after the load"
         )
-        run.stop_app()
-        pre = run.tally()
-        final = _kept_then_replay(run, pre, expect_kept=False)
-        run.check_app_unaffected()
-        run.finish(final, kept=pre.kept)
+        run.conclude()
     return run.result
 
 
@@ -456,13 +467,8 @@ def latency_2s(ctx: Context, spec: AppSpec) -> Result:
             f"(allowed p99 <= {allowed * 1000:.1f} ms)"
         )
         run.result.check(slow <= allowed, f"p99 moved: {base * 1000:.1f} -> {slow * 1000:.1f} ms")
-        waited = run.settle(ctx.pick(60, 120))
-        run.result.notes.append(f"ledger complete {waited:.1f} s after the load")
-        run.stop_app()
-        pre = run.tally()
-        final = _kept_then_replay(run, pre, expect_kept=False)
-        run.check_app_unaffected()
-        run.finish(final, kept=pre.kept)
+        run.settled(ctx.pick(60, 120))
+        run.conclude()
         run.result.p99_ms = slow * 1000
     return run.result
 
@@ -495,12 +501,9 @@ def sigterm(ctx: Context, spec: AppSpec) -> Result:
             run.result.check(took <= deadline, f"exit took {took:.1f} s > {deadline:g} s")
         if stats is not None:
             run.result.notes.append(f"client just before SIGTERM: pending {stats.get('pending')}")
-        run.stop_app()
-        pre = run.tally()
+        pre = run.stop_and_tally()
         run.result.notes.append(f"delivered before exit: {pre.delivered} of {pre.sent}")
-        final = _kept_then_replay(run, pre, expect_kept=False)
-        run.check_app_unaffected(("before",))
-        run.finish(final, kept=pre.kept)
+        run.replay_and_finish(pre, phases=("before",))
     return run.result
 
 
@@ -513,9 +516,8 @@ def wrong_key(ctx: Context, spec: AppSpec) -> Result:
         load.run_for(ctx.pick(4, 20))
         run.stop_load()
         waited = run.settle(ctx.pick(30, 60), with_kept=True)
-        run.stop_app()
         run.result.notes.append(f"failure log complete {waited:.1f} s after the load")
-        pre = run.tally()
+        pre = run.stop_and_tally()
         statuses = {
             k.status for k in failure_log([run.app.failure_log], run.billing.meter_of_token())
         }
@@ -535,9 +537,7 @@ def wrong_key(ctx: Context, spec: AppSpec) -> Result:
             f"the rejection warning was logged {warnings} times",
         )
         run.result.check(WRONG_KEY not in run.app.log_text(), "the API key is in the app's log")
-        final = _kept_then_replay(run, pre, expect_kept=True)
-        run.check_app_unaffected()
-        run.finish(final, kept=pre.kept)
+        run.replay_and_finish(pre, expect_kept=True)
     return run.result
 
 
@@ -571,9 +571,7 @@ def sigkill_strict(ctx: Context, spec: AppSpec) -> Result:
         )
         if stats is not None:
             run.result.notes.append(f"client just before SIGKILL: pending {stats.get('pending')}")
-        run.stop_app()
-        pre = run.tally()
-        run.result.check(pre.kept == 0, f"{pre.kept} event(s) in the failure log")
+        pre = run.stop_and_tally(none_kept=True)
         final = _kept_then_replay(run, pre, expect_kept=False)
         run.check_app_unaffected(errors=False)
         if final.unanswered:
@@ -619,12 +617,7 @@ def long_outage_spool(ctx: Context, spec: AppSpec) -> Result:
         else:
             run.result.problems.append("no RSS samples")
         run.result.notes.append(f"ledger complete {waited:.1f} s after the load")
-        run.stop_app()
-        pre = run.tally()
-        run.result.check(pre.kept == 0, f"{pre.kept} event(s) in the failure log")
-        final = _kept_then_replay(run, pre, expect_kept=False)
-        run.check_app_unaffected()
-        run.finish(final, kept=pre.kept)
+        run.conclude(none_kept=True)
     return run.result
 
 
