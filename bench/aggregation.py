@@ -5,15 +5,15 @@ Not a test. Starts a devserver (SUM meter ``api_calls``) in its own process, the
 through a real ``FluxrateClient`` over loopback keep-alive HTTP:
 
 - ``single``: ``client.track()`` per usage (one ``POST /api/v1/sdk/track`` each);
-- ``aggregated (window W)``: ``WindowAggregator.add()`` per usage, a ticker thread handing
-  ``due()`` aggregates to ``client.enqueue()`` once a second, and ``drain()`` at the end: the
-  integration described in CONTRACT section 7 (``UsageEvent.create()`` validates, then
-  ``add()`` folds), wired by hand here until the client has it.
+- ``aggregated (window W)``: ``client.track()`` per usage on a client built with
+  ``FluxrateClient(aggregation={token: AggregationSpec("SUM", W)})``: ``track()`` validates
+  (``UsageEvent.create()``) and folds, the background worker sends closed windows about once a
+  second, and ``flush()`` sends the open ones.
 
 For each mode it reports the requests that reached the devserver (``track_requests()``), the
 wall time from the first usage until ``flush()`` returned with everything delivered, the
 end-to-end throughput (usages per second over that time), the CPU per usage of the request
-path (``track()`` or ``add()``), and whether the devserver's per-customer totals equal those
+path (``track()``), and whether the devserver's per-customer totals equal those
 of the single-event run.
 
     .venv/bin/python bench/aggregation.py                  # 100,000 usages; windows 60 s, 1 s
@@ -27,16 +27,14 @@ import argparse
 import os
 import platform
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-from fluxrate_web.core.aggregation import AggregationSpec, WindowAggregator
+from fluxrate_web.core.aggregation import AggregationSpec
 from fluxrate_web.core.client import FluxrateClient
-from fluxrate_web.core.events import UsageEvent
 from fluxrate_web.devserver import DevServer
 
 METER = "api_calls"
@@ -73,76 +71,32 @@ def drive(
     return time.thread_time() - cpu0
 
 
-def run_single(server: DevServer, args: argparse.Namespace) -> Result:
+def run(
+    server: DevServer, args: argparse.Namespace, mode: str, window: float | None = None
+) -> Result:
+    """Track ``args.usages`` usages through a client (aggregated with ``window``, if given),
+    flush, and read what the devserver got."""
     token = server.meter_token(METER)
     server.reset()
-    client = FluxrateClient(server.api_key, server.url)
+    aggregation = {token: AggregationSpec("SUM", window)} if window is not None else None
+    client = FluxrateClient(server.api_key, server.url, aggregation=aggregation)
     client.start()
     t0 = time.perf_counter()
     track = client.track
     cpu = drive(args.usages, args.customers, args.rate, lambda c: track(token, c, 1))
-    ok = client.flush(600)
+    ok = client.flush(600)  # with aggregation, the windows still open go out now
     wall = time.perf_counter() - t0
+    stats = repr(client.stats)
     client.close()
     assert ok, "flush timed out"
     return Result(
-        "single (one request per usage)",
+        mode,
         server.track_requests(),
         wall,
         cpu / args.usages * 1e6,
         args.usages,
         server.summary(),
-        repr(client.stats),
-    )
-
-
-def run_aggregated(server: DevServer, args: argparse.Namespace, window: float) -> Result:
-    token = server.meter_token(METER)
-    server.reset()
-    client = FluxrateClient(server.api_key, server.url)
-    client.start()
-    agg = WindowAggregator({token: AggregationSpec("SUM", window)})
-    stop = threading.Event()
-
-    def ticker() -> None:  # the worker's once-a-second due() (CONTRACT section 7)
-        while not stop.wait(1.0):
-            for event in agg.due():
-                client.enqueue(event)
-
-    tick = threading.Thread(target=ticker, daemon=True)
-    tick.start()
-    add = agg.add
-    track = client.track
-
-    create = UsageEvent.create
-
-    def on_usage(customer: str) -> None:
-        # What track() will do (CONTRACT section 7): validate by building the event, then fold.
-        e = create(token, customer, 1)
-        ts, meta = e.timestamp, e.metadata
-        if not add(e.meter_token, e.customer_external_id, e.quantity, timestamp=ts, metadata=meta):
-            track(token, customer, 1)
-
-    t0 = time.perf_counter()
-    cpu = drive(args.usages, args.customers, args.rate, on_usage)
-    stop.set()
-    tick.join()
-    for event in agg.drain():  # flush(): open windows go out now
-        client.enqueue(event)
-    ok = client.flush(600)
-    wall = time.perf_counter() - t0
-    client.close()
-    assert ok, "flush timed out"
-    s = agg.stats
-    return Result(
-        f"aggregated (SUM, window {window:g} s)",
-        server.track_requests(),
-        wall,
-        cpu / args.usages * 1e6,
-        args.usages,
-        server.summary(),
-        f"{client.stats!r}; folded={s.folded} aggregates={s.emitted} "
-        f"late={s.late} ratio={s.reduction_ratio:.0f}",
+        stats,
     )
 
 
@@ -158,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     windows = [float(w) for w in args.windows.split(",") if w.strip()]
 
     with DevServer(meters={METER: "SUM"}) as server:
-        results = [run_single(server, args)]
-        results += [run_aggregated(server, args, w) for w in windows]
+        results = [run(server, args, "single (one request per usage)")]
+        results += [run(server, args, f"aggregated (SUM, window {w:g} s)", w) for w in windows]
 
     baseline = results[0]
     print(
