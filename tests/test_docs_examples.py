@@ -62,6 +62,10 @@ PAGES = (
     "security.md",
     "troubleshooting.md",
     "cli.md",
+    "core.md",
+    "aggregation.md",
+    "devserver.md",
+    "reliability.md",
 )
 TESTED_ELSEWHERE = {
     "configuration.md": "tests/core/test_docs_configuration.py",
