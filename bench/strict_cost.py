@@ -102,10 +102,7 @@ def run_mode(
     calls = sorted(x for s in samples for x in s)
     n = len(calls)
     return {
-        "median": statistics.median(calls) / 1000,
-        "p99": calls[int(n * 0.99)] / 1000,
-        "p999": calls[int(n * 0.999)] / 1000,
-        "max": calls[-1] / 1000,
+        **_quantiles_us(calls),
         "cpu_per_event": cpu / n * 1e6,
         "track_rate": n / tracked_wall,
         "end_to_end": n / wall,
@@ -129,6 +126,11 @@ def append_alone(directory: str, events: int) -> dict[str, float]:
     spool.ack([e.idempotency_key for e in batch])
     spool.close()
     calls.sort()
+    return _quantiles_us(calls)
+
+
+def _quantiles_us(calls: list[int]) -> dict[str, float]:
+    """Median, p99, p99.9 and max, in µs, of ``calls`` (sorted durations in ns)."""
     n = len(calls)
     return {
         "median": statistics.median(calls) / 1000,

@@ -114,13 +114,15 @@ def _bodies(token: str, n: int, prefix: str) -> list[bytes]:
     ]
 
 
-async def _async_pool(n: int, inflight: int, send: Any) -> int:
+async def _async_pool(start: int, stop: int, inflight: int, send: Any) -> int:
+    """``await send(i)`` for ``i`` in ``[start, stop)`` from ``inflight`` concurrent workers;
+    returns how many answered true."""
     ok = 0
-    next_index = 0
+    next_index = start
 
     async def worker() -> None:
         nonlocal ok, next_index
-        while next_index < n:
+        while next_index < stop:
             i = next_index
             next_index += 1
             if await send(i):
@@ -223,22 +225,7 @@ def run_client(name: str, url: str, key: str, token: str, n: int, inflight: int)
                 closer = transport.aclose
 
             def run(a: int, b: int) -> int:
-                async def go() -> int:
-                    ok = 0
-                    idx = a
-
-                    async def worker() -> None:
-                        nonlocal ok, idx
-                        while idx < b:
-                            i = idx
-                            idx += 1
-                            if await send(i):
-                                ok += 1
-
-                    await asyncio.gather(*(worker() for _ in range(inflight)))
-                    return ok
-
-                return loop.run_until_complete(go())
+                return loop.run_until_complete(_async_pool(a, b, inflight, send))
 
             measure(run)
             loop.run_until_complete(closer())
