@@ -7,7 +7,7 @@ quantity), injects a fault (5xx, 429 storms, outages, restarts, latency, signals
 and compares the devserver's ledger with that record. See ``docs/reliability.md``.
 
     .venv/bin/python bench/chaos.py                         # every scenario, every app (long)
-    .venv/bin/python bench/chaos.py --short                 # the CI durations (~4 minutes)
+    .venv/bin/python bench/chaos.py --short                 # the CI durations (~9 minutes)
     .venv/bin/python bench/chaos.py --scenario 5xx --app flask
     .venv/bin/python bench/chaos.py --scenario long-outage-spool --outage 600
 
@@ -35,6 +35,8 @@ from _chaos.billing import Billing  # noqa: E402
 from _chaos.scenarios import SCENARIOS, Context, Result, run_scenario, table  # noqa: E402
 
 DEFAULT_APPS = ("fastapi", "django", "flask")
+# also run by default: the development server, where it matters (SIGTERM)
+EXTRA_APPS = {"sigterm": ("django-runserver",)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                 billing, workdir, short=args.short, rate=args.rate, long_outage=args.outage, log=log
             )
             for scenario in scenarios:
-                for app in apps:
+                extra = () if args.app else EXTRA_APPS.get(scenario, ())
+                for app in (*apps, *extra):
                     results.append(run_scenario(ctx, scenario, app))
     finally:
         if args.keep:

@@ -1,13 +1,14 @@
 """The three example apps, each served by a real server in its own process group.
 
-=========== ============================= ===================================================
-app         server                         example
-=========== ============================= ===================================================
-fastapi     uvicorn (1 process)            ``examples/fastapi_app`` (``create_app(config)``)
-django      uvicorn (1 process, ASGI)      ``examples/django_app`` (``fluxdemo.asgi``)
-django-wsgi gunicorn ``--preload`` 2 wkrs  ``examples/django_app`` (``fluxdemo.wsgi``)
-flask       gunicorn ``--preload`` 2 wkrs  ``examples/flask_app`` (``acme_api:create_app()``)
-=========== ============================= ===================================================
+================ ============================== =============================================
+app              server                         example
+================ ============================== =============================================
+fastapi          uvicorn (1 process)            ``examples/fastapi_app`` (``create_app(config)``)
+django           uvicorn (1 process, ASGI)      ``examples/django_app`` (``fluxdemo.asgi``)
+django-wsgi      gunicorn ``--preload``, 2 wkrs ``examples/django_app`` (``fluxdemo.wsgi``)
+django-runserver ``manage.py runserver``        ``examples/django_app`` (``--noreload``)
+flask            gunicorn ``--preload``, 2 wkrs ``examples/flask_app`` (``acme_api:create_app()``)
+================ ============================== =============================================
 
 Each app runs unchanged; its own ``fluxrate.yaml`` is copied with the chaos settings added
 (``failed_events_path``, ``durability``, ``spool_path``, retry budget, ...) and handed over the
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from _chaos.billing import Billing
+from _chaos.billing import Billing, free_port
 from _chaos.procs import descendants
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,6 +116,7 @@ class AppSpec:
     customers: Mapping[str, str] = {}  # credential -> customer external id
     client_processes = 1  # processes that each run a delivery client
     preload = False
+    binds_itself = False  # the server binds its port (no inherited socket)
 
     @property
     def cwd(self) -> Path:
@@ -126,7 +128,7 @@ class AppSpec:
     def config_text(self, settings: Mapping[str, object]) -> str:
         return with_settings((self.example / "fluxrate.yaml").read_text(), settings)
 
-    def command(self, fd: int) -> list[str]:
+    def command(self, fd: int, port: int) -> list[str]:
         raise NotImplementedError
 
     def env(self, billing: Billing, config: Path, api_key: str, run_dir: Path) -> dict[str, str]:
@@ -210,7 +212,7 @@ class FastAPIApp(AppSpec):
         "stream": ("api_calls", "stream_bytes"),
     }
 
-    def command(self, fd: int) -> list[str]:
+    def command(self, fd: int, port: int) -> list[str]:
         return self.uvicorn("_chaos.factories:fastapi_app", fd, "--factory")
 
     def env(self, billing: Billing, config: Path, api_key: str, run_dir: Path) -> dict[str, str]:
@@ -344,7 +346,7 @@ class DjangoApp(AppSpec):
             "FLUXRATE_API_KEY": api_key,
         }
 
-    def command(self, fd: int) -> list[str]:
+    def command(self, fd: int, port: int) -> list[str]:
         return self.uvicorn("fluxdemo.asgi:application", fd)
 
     def next_call(self, rng: random.Random, state: dict[str, Any]) -> Call:
@@ -389,8 +391,19 @@ class DjangoWsgiApp(DjangoApp):
     client_processes = 2
     preload = True
 
-    def command(self, fd: int) -> list[str]:
+    def command(self, fd: int, port: int) -> list[str]:
         return self.gunicorn("fluxdemo.wsgi:application", fd)
+
+
+class DjangoRunserverApp(DjangoApp):
+    """The same Django project under ``manage.py runserver --noreload`` (the development
+    server; it binds its port itself)."""
+
+    name = "django-runserver"
+    binds_itself = True
+
+    def command(self, fd: int, port: int) -> list[str]:
+        return [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"]
 
 
 # -- Flask ---------------------------------------------------------------------------------------
@@ -431,7 +444,7 @@ class FlaskApp(AppSpec):
             "PYTHONPATH": os.pathsep.join([str(self.example), str(REPO)]),
         }
 
-    def command(self, fd: int) -> list[str]:
+    def command(self, fd: int, port: int) -> list[str]:
         return self.gunicorn("acme_api:create_app()", fd)
 
     def next_call(self, rng: random.Random, state: dict[str, Any]) -> Call:
@@ -488,6 +501,7 @@ APPS: dict[str, type[AppSpec]] = {
     "fastapi": FastAPIApp,
     "django": DjangoApp,
     "django-wsgi": DjangoWsgiApp,
+    "django-runserver": DjangoRunserverApp,
     "flask": FlaskApp,
 }
 
@@ -543,7 +557,9 @@ class RunningApp:
         if settings.get("durability") in ("spool", "strict") and "spool_path" not in settings:
             settings["spool_path"] = str(self.spool_dir)
         self.config_path.write_text(self.spec.config_text(settings))
-        if self.sock is None:
+        if self.spec.binds_itself:
+            self.port = self.port or free_port()
+        elif self.sock is None:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", 0))
@@ -554,8 +570,7 @@ class RunningApp:
         return self
 
     def _spawn(self) -> None:
-        assert self.sock is not None
-        fd = self.sock.fileno()
+        fd = -1 if self.sock is None else self.sock.fileno()
         env = self.spec.env(
             self.billing, self.config_path, self.api_key or self.billing.api_key, self.run_dir
         )
@@ -563,10 +578,10 @@ class RunningApp:
         self._log.write(f"--- start {self.starts + 1} ---\n".encode())
         self._log.flush()
         self.process = subprocess.Popen(
-            self.spec.command(fd),
+            self.spec.command(fd, self.port),
             cwd=self.spec.cwd,
             env=env,
-            pass_fds=(fd,),
+            pass_fds=(fd,) if fd >= 0 else (),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -578,7 +593,7 @@ class RunningApp:
         except BaseException:
             self.kill()
             raise
-        if not self.keep_socket:
+        if not self.keep_socket and self.sock is not None:
             self.sock.close()
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -692,7 +707,7 @@ class RunningApp:
         if not self._exited():
             raise RuntimeError("still running")
         self._reap()
-        if self.sock is None or self.sock.fileno() < 0:
+        if not self.spec.binds_itself and (self.sock is None or self.sock.fileno() < 0):
             raise RuntimeError("restart() needs keep_socket=True")
         self._spawn()
 

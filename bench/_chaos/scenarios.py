@@ -375,16 +375,16 @@ def outage_memory(ctx: Context, spec: AppSpec) -> Result:
     """The devserver is stopped (connections refused) for longer than the retry budget
     (``max_attempts: 3``, ``max_retry_age: 2``); ``durability: memory``. Every event not
     delivered must be in the failure log; ``fluxrate-web replay`` delivers them."""
-    down = ctx.pick(5, 60)
+    down = ctx.pick(4, 60)
     with Run(ctx, "outage-memory", spec, settings=OUTAGE_BUDGET) as run:
         load = run.start_load("before")
-        load.run_for(2.0)
+        load.run_for(ctx.pick(1.5, 5))
         run.billing.stop()
         load.phase = "outage"
         load.run_for(down)
         run.billing.start()
         load.phase = "after"
-        load.run_for(ctx.pick(2, 10))
+        load.run_for(ctx.pick(1.5, 10))
         run.stop_load()
         waited = run.settle(ctx.pick(30, 60), with_kept=True)
         run.result.notes.append(f"devserver down {down:g} s; settled {waited:.1f} s after")
@@ -507,6 +507,64 @@ def sigterm(ctx: Context, spec: AppSpec) -> Result:
     return run.result
 
 
+def _sigterm_outage(ctx: Context, spec: AppSpec, durability: str) -> Result:
+    """SIGTERM while the API is down (connections refused) and events are retrying: the app
+    must still exit within the shutdown deadline (``shutdown_timeout: 5``) and keep what it
+    could not deliver: ``memory`` in the failure log (then replayed), ``spool`` on disk,
+    delivered by the next process started on the same ``spool_path``."""
+    spool = durability == "spool"
+    name = "sigterm-outage" + ("-spool" if spool else "")
+    settings: dict[str, object] = {"shutdown_timeout": SHUTDOWN_TIMEOUT}
+    if spool:
+        settings["durability"] = "spool"
+    with Run(ctx, name, spec, settings=settings, keep_socket=spool) as run:
+        load = run.start_load("before")
+        load.run_for(1.5)
+        run.billing.stop()
+        load.phase = "outage"
+        load.run_for(ctx.pick(2, 10))
+        stats = run.app.client_stats()
+        run.app.signal(signal.SIGTERM)
+        load.phase = "stopping"
+        deadline = SHUTDOWN_TIMEOUT + 3
+        patience = ctx.pick(deadline, 40)  # an orchestrator's grace period, then SIGKILL
+        took = run.app.wait_exit(patience)
+        run.stop_load()
+        if took is None:
+            run.app.kill()
+        run.billing.start()
+        if stats is not None:
+            run.result.notes.append(f"client just before SIGTERM: pending {stats.get('pending')}")
+        if took is None:
+            run.result.problems.append(
+                f"the app was still running {patience:g} s after SIGTERM (then SIGKILLed)"
+            )
+        else:
+            run.result.notes.append(f"exit {took:.2f} s after SIGTERM, the API down")
+            run.result.check(took <= deadline, f"exit took {took:.1f} s > {deadline:g} s")
+        if spool:
+            run.app.restart()  # adopts the spool of the process that ended
+            run.rss.watch(run.app.pid)
+            waited = run.settle(ctx.pick(40, 120))
+            run.result.notes.append(
+                f"the next process delivered the spool {waited:.1f} s after it started"
+            )
+            pre = run.stop_and_tally(none_kept=True)
+            run.replay_and_finish(pre, phases=("before", "outage"))
+        else:
+            pre = run.stop_and_tally()
+            run.replay_and_finish(pre, expect_kept=True, phases=("before", "outage"))
+    return run.result
+
+
+def sigterm_outage(ctx: Context, spec: AppSpec) -> Result:
+    return _sigterm_outage(ctx, spec, "memory")
+
+
+def sigterm_outage_spool(ctx: Context, spec: AppSpec) -> Result:
+    return _sigterm_outage(ctx, spec, "spool")
+
+
 def wrong_key(ctx: Context, spec: AppSpec) -> Result:
     """The app is configured with a key the API refuses (401): requests are unaffected, every
     event is in the failure log (``rejected``, 401), the warning is logged once per interval
@@ -549,7 +607,7 @@ def sigkill_strict(ctx: Context, spec: AppSpec) -> Result:
     with Run(ctx, "sigkill-strict", spec, settings=settings, keep_socket=True) as run:
         run.billing.set_faults(latency_ms=500)
         load = run.start_load("before")
-        load.run_for(ctx.pick(3, 10))
+        load.run_for(ctx.pick(2, 10))
         stats = run.app.client_stats()
         load.phase = "killed"
         began = time.monotonic()
@@ -561,7 +619,7 @@ def sigkill_strict(ctx: Context, spec: AppSpec) -> Result:
         run.rss.watch(run.app.pid)
         restart = time.monotonic() - began
         load.phase = "after"
-        load.run_for(ctx.pick(3, 10))
+        load.run_for(ctx.pick(2.5, 10))
         run.stop_load()
         waited = run.settle(ctx.pick(40, 120))
         cut = len(run.record.errors())
@@ -583,13 +641,13 @@ def sigkill_strict(ctx: Context, spec: AppSpec) -> Result:
 
 
 def long_outage_spool(ctx: Context, spec: AppSpec) -> Result:
-    """A long outage (10 minutes; 20 s in CI) at steady load with ``durability: spool``: the
+    """A long outage (10 minutes; 8 s in CI) at steady load with ``durability: spool``: the
     app's memory stays flat (events wait on disk), everything is delivered after."""
-    down = ctx.long_outage or ctx.pick(10, 600)
+    down = ctx.long_outage or ctx.pick(8, 600)
     settings = {"durability": "spool"}
     with Run(ctx, "long-outage-spool", spec, settings=settings, rate=40) as run:
         load = run.start_load("before")
-        load.run_for(3.0)
+        load.run_for(ctx.pick(2, 5))
         run.billing.stop()
         outage_began = run.rss.now()
         load.phase = "outage"
@@ -597,7 +655,7 @@ def long_outage_spool(ctx: Context, spec: AppSpec) -> Result:
         outage_ended = run.rss.now()
         run.billing.start()
         load.phase = "after"
-        load.run_for(ctx.pick(3, 20))
+        load.run_for(ctx.pick(2, 20))
         run.stop_load()
         waited = run.settle(ctx.pick(60, 300))
         # RSS once the outage is established (grace over, spool in use) against its last half
@@ -614,6 +672,13 @@ def long_outage_spool(ctx: Context, spec: AppSpec) -> Result:
                 f"in the second half (growth {growth:+.1f} MiB, bound {bound:g} MiB)"
             )
             run.result.check(growth <= bound, f"RSS grew {growth:.1f} MiB during the outage")
+            timeline = []
+            for fifth in range(6):
+                at = outage_began + down * fifth / 5
+                near = run.rss.between(at - 1.5, at + 1.5)
+                if near:
+                    timeline.append(f"+{down * fifth / 5:.0f} s {max(near) / MiB:.1f}")
+            run.result.notes.append("RSS during the outage (MiB): " + ", ".join(timeline))
         else:
             run.result.problems.append("no RSS samples")
         run.result.notes.append(f"ledger complete {waited:.1f} s after the load")
@@ -629,6 +694,8 @@ SCENARIOS: dict[str, Callable[[Context, AppSpec], Result]] = {
     "restart": devserver_restart,
     "latency": latency_2s,
     "sigterm": sigterm,
+    "sigterm-outage": sigterm_outage,
+    "sigterm-outage-spool": sigterm_outage_spool,
     "401": wrong_key,
     "sigkill-strict": sigkill_strict,
     "long-outage-spool": long_outage_spool,
