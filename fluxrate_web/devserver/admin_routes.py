@@ -6,11 +6,11 @@ import logging
 from decimal import Decimal
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from fluxrate_web.devserver import jwt, seed
-from fluxrate_web.devserver.dashboard import render_dashboard
+from fluxrate_web.devserver.dashboard import dashboard_routes
 from fluxrate_web.devserver.errors import ApiError
 from fluxrate_web.devserver.faults import FaultSettings
 from fluxrate_web.devserver.models import DEFAULT_ORG
@@ -141,18 +141,11 @@ def admin_routes(state: DevState) -> list[Route]:
             {"access_token": token, "token_type": "cookie", "expires_in": int(ttl)}
         )
 
-    async def dashboard(request: Request) -> Response:
-        try:
-            org = dev_org(state, request)
-        except ApiError as exc:
-            return HTMLResponse(exc.detail, 404)
-        return HTMLResponse(render_dashboard(state, org, service.summary(org)))
-
     async def health(request: Request) -> Response:
         return json_response({"status": "ok", "time": format_timestamp(now_utc())})
 
     return [
-        Route("/", dashboard, methods=["GET"]),
+        *dashboard_routes(state),
         Route("/health", health, methods=["GET"]),
         Route("/_dev/state", dev_state, methods=["GET"]),
         Route("/_dev/events", dev_events, methods=["GET"]),
