@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: demo test lint typecheck pytest bench docs clean
+.PHONY: demo test lint typecheck pytest bench docs clean redis
 
 # The venv is rebuilt when pyproject.toml changes; each stamp records one install set.
 $(BIN)/activate:
@@ -35,8 +35,13 @@ lint: $(VENV)/.stamp-dev
 typecheck: $(VENV)/.stamp-dev
 	$(BIN)/mypy
 
-pytest: $(VENV)/.stamp-dev
+pytest: $(VENV)/.stamp-dev redis
 	$(BIN)/pytest
+
+# tests/redis runs a real redis-server (Debian's package); installed where missing (CI: root)
+redis:
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server) \
+		|| echo "redis-server not installed: tests/redis will be skipped (apt-get install redis-server)"
 
 # the docs site (docs/, mkdocs.yml) into site/; --strict: a broken link or reference fails
 docs: $(VENV)/.stamp-dev

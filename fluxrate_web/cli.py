@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("fluxrate_web.core.replay", "resend the events of a failure log"),
     "check": ("fluxrate_web.core.check", "validate a fluxrate.yaml and print its meters and rules"),
     "spool": ("fluxrate_web.core.spool_cli", "inspect and empty a spool directory"),
+    "relay": ("fluxrate_web.relay_cli", "deliver the events of a Redis stream to Fluxrate"),
 }
 
 

@@ -19,7 +19,7 @@ import os
 import ssl
 import threading
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from decimal import Decimal
 from types import TracebackType
@@ -29,6 +29,8 @@ from fluxrate_web.core._log import logger, warn_limited
 from fluxrate_web.core.aggregation import AggregationSpec, WindowAggregator
 from fluxrate_web.core.dispatcher import (
     Counters,
+    DeliverySink,
+    FinalCallback,
     Lane,
     LaneSettings,
     close_lane,
@@ -271,6 +273,10 @@ class FluxrateClient:
         spool_path: str | os.PathLike[str] | None = None,
         spool_grace: float = 5.0,
         spool_high_water: int | None = None,
+        transport: str = "direct",
+        redis_url: str | None = None,
+        redis_stream: str | None = None,
+        on_final: FinalCallback | None = None,
     ) -> None:
         if api_key is not None and not isinstance(api_key, str):
             raise ConfigError("api_key: expected a string")
@@ -335,6 +341,8 @@ class FluxrateClient:
             raise ConfigError(f"spool_high_water: must be >= 1, got {spool_high_water!r}")
         self.spool_high_water = min(spool_high_water, max_queue_size)
         self._strict = durability == "strict"
+        self._sink_factory = self._redis_sink_factory(transport, redis_url, redis_stream)
+        self._on_final = on_final
         self._closed = False
         self._spool: Spool | None = None
         self._reset_process_state()
@@ -343,6 +351,32 @@ class FluxrateClient:
             # a process that ended left events behind: adopt and deliver them now (on the
             # dispatcher thread), not only once this process tracks something
             self._start_lane()
+
+    def _redis_sink_factory(
+        self, transport: str, redis_url: str | None, redis_stream: str | None
+    ) -> Callable[[], DeliverySink] | None:
+        """``transport="redis"``: the background worker appends to a Redis stream instead of
+        calling the API (see :mod:`fluxrate_web.core.redis_transport`)."""
+        if transport not in ("direct", "redis"):
+            raise ConfigError(f"transport: expected 'direct' or 'redis', got {transport!r}")
+        self.transport = transport
+        self.redis_url: str | None = None
+        self.redis_stream: str | None = None
+        if transport == "direct":
+            return None
+        from fluxrate_web.core import redis_transport as rt
+
+        rt.require_redis()
+        self.redis_url = rt.check_redis_url(redis_url or rt.DEFAULT_REDIS_URL)
+        self.redis_stream = rt.check_stream_name(redis_stream or rt.DEFAULT_REDIS_STREAM)
+        self._secrets = (*self._secrets, *rt.url_secrets(self.redis_url))
+        return functools.partial(
+            rt.RedisSink,
+            self.redis_url,
+            self.redis_stream,
+            timeout=self.settings.request_timeout,
+            aggregation=self.aggregation,
+        )
 
     def _reset_process_state(self) -> None:
         """Fresh locks, queue, counters and failure-log handle for this process."""
@@ -371,6 +405,10 @@ class FluxrateClient:
             if self.durability != "memory"
             else ""
         )
+        if self.transport == "redis":
+            from fluxrate_web.core.redis_transport import mask_redis_url
+
+            durability += f", transport='redis', redis_url={mask_redis_url(self.redis_url or '')!r}"
         return f"FluxrateClient(base_url={self.base_url!r}, api_key={key}{token}{durability})"
 
     @property
@@ -569,6 +607,8 @@ class FluxrateClient:
                 strict=self._strict,
                 spool_grace=self.spool_grace,
                 high_water=self.spool_high_water if self._spool is not None else 0,
+                sink_factory=self._sink_factory,
+                on_final=self._on_final,
             )
             self._lane = lane
             # a client dropped without close(): its lane drains in the background, then closes

@@ -146,6 +146,12 @@ class Config:
     failed_events_path: str | None = None
     durability: str = "memory"
     spool_path: str | None = None
+    # scale-out through Redis Streams (docs/scale-out.md)
+    transport: str = "direct"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_stream: str = "fluxrate:events"
+    relay_rate_limit: int | None = None
+    relay_claim_idle: float = 60.0
     source: str = "defaults"
     locations: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -154,11 +160,16 @@ class Config:
 
         ``aggregation`` ({meter token: AggregationSpec}) is included only when a meter of
         ``meters:`` declares pre-aggregation; ``durability`` and ``spool_path`` only when
-        ``durability`` is not ``memory``."""
+        ``durability`` is not ``memory``; ``transport``, ``redis_url`` and ``redis_stream`` only
+        when ``transport`` is not ``direct``."""
         kwargs = self._delivery_kwargs()
         if self.durability != "memory":
             kwargs["durability"] = self.durability
             kwargs["spool_path"] = self.spool_path
+        if self.transport != "direct":
+            kwargs["transport"] = self.transport
+            kwargs["redis_url"] = self.redis_url
+            kwargs["redis_stream"] = self.redis_stream
         aggregated = {
             spec.token: (spec.aggregation, spec.window)
             for spec in self.meters.values()
@@ -226,6 +237,11 @@ class Config:
                 if self.durability == "memory"
                 else f"{self.durability} (spool_path {self.spool_path})"
             ),
+            "transport": (
+                self.transport
+                if self.transport == "direct"
+                else f"{self.transport} ({_mask_url(self.redis_url)}, stream {self.redis_stream})"
+            ),
         }
 
 
@@ -275,6 +291,11 @@ _TOP_KEYS = (
     "failed_events_path",
     "durability",
     "spool_path",
+    "transport",
+    "redis_url",
+    "redis_stream",
+    "relay_rate_limit",
+    "relay_claim_idle",
 )
 _RULE_KEYS = (
     "route",
@@ -754,7 +775,37 @@ def _build(data: Mapping[str, Any], where: Callable[[Path], str], source: str) -
         if text != "memory" and not kwargs.get("spool_path"):
             raise _Invalid(entry[0], f"'{text}' needs spool_path (a directory for the spool)")
         kwargs["durability"] = text
+    _build_scale_out(get, kwargs)
     return Config(source=source, **kwargs)
+
+
+def _mask_url(url: str) -> str:
+    """A Redis URL without its password."""
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def _build_scale_out(get: Callable[[str], tuple[Path, Any] | None], kwargs: dict[str, Any]) -> None:
+    """The scale-out keys: ``transport``, ``redis_*`` and ``relay_*``."""
+    if (entry := get("transport")) is not None and entry[1] is not None:
+        text = _str(entry[1], entry[0]).lower()
+        if text not in ("direct", "redis"):
+            raise _Invalid(entry[0], f"expected 'direct' or 'redis', got {entry[1]!r}")
+        kwargs["transport"] = text
+    if (entry := get("redis_url")) is not None and entry[1] is not None:
+        url = _str(entry[1], entry[0])
+        if not re.match(r"(redis|rediss|unix)://", url, re.I):
+            raise _Invalid(entry[0], f"expected a redis://, rediss:// or unix:// URL, got "
+                                     f"{_mask_url(url)!r}")  # fmt: skip
+        kwargs["redis_url"] = url
+    if (entry := get("redis_stream")) is not None and entry[1] is not None:
+        name = _str(entry[1], entry[0])
+        if any(ord(c) < 0x20 for c in name):
+            raise _Invalid(entry[0], "control characters are not allowed in a stream name")
+        kwargs["redis_stream"] = name
+    if (entry := get("relay_rate_limit")) is not None and entry[1] is not None:
+        kwargs["relay_rate_limit"] = _int(entry[1], entry[0], 1)
+    if (entry := get("relay_claim_idle")) is not None and entry[1] is not None:
+        kwargs["relay_claim_idle"] = _seconds(entry[1], entry[0], allow_zero=False)
 
 
 # --------------------------------------------------------------------------------------------

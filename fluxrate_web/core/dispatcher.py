@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future as ConcurrentFuture
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from fluxrate_web.core import _log
 from fluxrate_web.core._log import log_limited, logger, warn_limited
@@ -132,6 +132,21 @@ class Counters:
 _Item = tuple[UsageEvent, "_Retry | None", int]  # event, its retry state, spool row (0: none)
 
 
+class DeliverySink(Protocol):
+    """Another destination than the HTTP API (e.g. a Redis stream, see
+    :mod:`fluxrate_web.core.redis_transport`): one attempt for ``event``, answered with the same
+    :class:`Outcome` the HTTP path yields, so retries, backoff, spool and failure log apply
+    unchanged. Never raises (but ``CancelledError``)."""
+
+    async def deliver(self, event: UsageEvent) -> Outcome: ...
+
+    async def aclose(self) -> None: ...
+
+
+# called on the loop thread when an event is settled: reason None = delivered or deduplicated
+FinalCallback = Callable[[UsageEvent, "str | None", "int | None", "str | None"], None]
+
+
 class _Retry:
     """An event between attempts."""
 
@@ -169,6 +184,8 @@ class Lane:
         strict: bool = False,
         spool_grace: float = 5.0,
         high_water: int = 0,
+        sink_factory: Callable[[], DeliverySink] | None = None,
+        on_final: FinalCallback | None = None,
     ) -> None:
         self.runtime = runtime
         self.loop = runtime.loop
@@ -188,6 +205,12 @@ class Lane:
         self._workers: list[asyncio.Task[None]] = []
         self._transport_factory = transport_factory
         self._transport: Transport | None = None
+        # background deliveries go to the sink instead of the HTTP transport when one is given
+        # (send()/send_async() keep using HTTP); on_final, when given, hears every settled
+        # event and owns the final failures (they are not written to the failure log)
+        self._sink_factory = sink_factory
+        self._sink: DeliverySink | None = None
+        self.on_final = on_final
         self._stopping = False
         self.closed = False
         self._failed_batch: list[dict[str, Any]] = []
@@ -270,6 +293,8 @@ class Lane:
         if self._workers or self.closed or self._stopping:
             return
         self._transport = self._transport_factory()
+        if self._sink_factory is not None:
+            self._sink = self._sink_factory()
         if self.spool is not None:
             self._start_spool()
         for i in range(self.settings.max_in_flight):
@@ -691,36 +716,46 @@ class Lane:
 
     async def _deliver(self, event: UsageEvent, retry: _Retry | None, row: int = 0) -> None:
         try:
-            try:
-                data = self.wire.build(event)
-            except MissingCredentials as exc:
-                warn_limited(
-                    f"missing-credentials:{exc.reason}",
-                    "%s; events go to the failure log with reason %s",
-                    exc,
-                    exc.reason,
-                )
-                self._fail(event, exc.reason, retry, error=str(exc))
-                self._settle(event, row)
-                return
+            sink = self._sink
+            data = b""
+            if sink is None:
+                try:
+                    data = self.wire.build(event)
+                except MissingCredentials as exc:
+                    warn_limited(
+                        f"missing-credentials:{exc.reason}",
+                        "%s; events go to the failure log with reason %s",
+                        exc,
+                        exc.reason,
+                    )
+                    self._fail(event, exc.reason, retry, error=str(exc))
+                    self._settle(event, row)
+                    return
             loop = self.loop
             if self._paused_until > loop.time():
                 await asyncio.sleep(self._paused_until - loop.time())
             if retry is not None:
                 retry.attempts += 1
             try:
-                assert self._transport is not None
-                response = await self._transport.request(data)
-                outcome = classify(response, secrets=self.wire.secrets, want_record=False)
+                if sink is not None:
+                    outcome = await sink.deliver(event)
+                else:
+                    assert self._transport is not None
+                    response = await self._transport.request(data)
+                    outcome = classify(response, secrets=self.wire.secrets, want_record=False)
             except TransportError as exc:
                 outcome = classify_exception(exc, secrets=self.wire.secrets)
             if outcome.kind == DELIVERED:
                 self.counters.delivered += 1
+                if self.on_final is not None:
+                    self.on_final(event, None, outcome.status, None)
                 if self.spool is not None:
                     self._settle(event, row)
                     self._healthy()
             elif outcome.kind == DEDUPLICATED:
                 self.counters.deduplicated += 1
+                if self.on_final is not None:
+                    self.on_final(event, None, outcome.status, None)
                 if self.spool is not None:
                     self._settle(event, row)
                     self._healthy()
@@ -850,6 +885,12 @@ class Lane:
             error = error if error is not None else retry.error
             attempts = max(attempts, retry.attempts)
         self.counters.add("failed")
+        if self.on_final is not None:  # the owner keeps it (the relay: dead-letter or not ack)
+            try:
+                self.on_final(event, reason, status, error)
+            except Exception:  # pragma: no cover - a bug in the callback
+                logger.exception("fluxrate: the on_final callback failed")
+            return
         self._failed_batch.append(
             make_record(event, reason, status=status, error=error, attempts=attempts)
         )
@@ -997,6 +1038,12 @@ class Lane:
         if self._transport is not None:
             await self._transport.aclose()
         self._transport = None
+        if self._sink is not None:
+            sink, self._sink = self._sink, None
+            try:
+                await sink.aclose()
+            except Exception:  # pragma: no cover
+                logger.exception("fluxrate: could not close the delivery sink")
 
 
 def backoff_delay(

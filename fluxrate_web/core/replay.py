@@ -23,7 +23,12 @@ __all__ = ["configure", "run"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", metavar="FILE", help="a failure log (JSON lines)")
+    parser.add_argument(
+        "file",
+        metavar="FILE",
+        help="a failure log (JSON lines), or a Redis dead-letter stream: "
+        "'redis://host:6379/0#fluxrate:events:dead'",
+    )
     parser.add_argument(
         "--dry-run",
         action="store_true",
@@ -74,7 +79,10 @@ def _default_output(path: str) -> str:
 def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     path: str = args.file
-    if not os.path.isfile(path):
+    # a Redis dead-letter stream (fluxrate-web relay): replayed entries are removed from it
+    redis_source = path.lower().startswith(("redis://", "rediss://", "unix://"))
+    entry_ids: dict[str, list[str]] = {}
+    if not redis_source and not os.path.isfile(path):
         print(f"replay: no such file: {path}", file=sys.stderr)
         return 2
     records: list[FailureRecord] = []
@@ -82,7 +90,12 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     seen: set[str] = set()
     repeated = 0
     try:
-        for number, raw, record, problem in read_failure_log(path):
+        if redis_source:
+            from fluxrate_web.core.redis_transport import mask_redis_url, read_dead_letters
+
+            lines = list(read_dead_letters(path, entry_ids))
+            path = mask_redis_url(path)
+        for number, raw, record, problem in lines if redis_source else read_failure_log(path):
             if record is None:
                 bad_lines.append((number, raw, problem or "unreadable"))
                 continue
@@ -92,8 +105,11 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
                 continue
             seen.add(key)
             records.append(record)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         print(f"replay: cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # redis errors
+        print(f"replay: cannot read {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     reasons = Counter(r.reason for r in records)
     print(
@@ -112,7 +128,7 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
         print("dry run: nothing sent", file=out)
         return 0
 
-    output = args.output or _default_output(path)
+    output = args.output or _default_output("fluxrate-dead" if redis_source else path)
     if os.path.abspath(output) == os.path.abspath(path):
         print("replay: --output must differ from FILE", file=sys.stderr)
         return 2
@@ -159,6 +175,15 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
         f"in {time.monotonic() - started:.1f} s",
         file=out,
     )
+    if redis_source:
+        from fluxrate_web.core.redis_transport import delete_dead_letters
+
+        failing = set()
+        if os.path.isfile(output):
+            failing = {r.event.idempotency_key for _, _, r, _ in read_failure_log(output) if r}
+        done = [i for key, ids in entry_ids.items() if key not in failing for i in ids]
+        removed = delete_dead_letters(args.file, done)
+        print(f"removed {removed} replayed entr(ies) from the stream", file=out)
     if still_failing:
         print(f"{still_failing} event(s) still failing: written to {output}", file=out)
         return 1
