@@ -50,12 +50,6 @@ def test_sigterm_during_an_outage_fastapi(chaos: Context) -> None:
     run(chaos, "sigterm-outage", "fastapi")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="manage.py runserver ends on SIGTERM without flushing (default signal action, no "
-    "exit hook runs): queued events are neither delivered nor in the failure log "
-    "(Django adapter; issue 12 item 2)",
-)
 def test_sigterm_to_django_runserver(chaos: Context) -> None:
     """``manage.py runserver --noreload``, SIGTERM mid-load while deliveries take 300 ms."""
     run(chaos, "sigterm", "django-runserver")
