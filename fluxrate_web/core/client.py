@@ -45,7 +45,7 @@ from fluxrate_web.core.errors import (
     InvalidUsageError,
     TransportError,
 )
-from fluxrate_web.core.events import UsageEvent
+from fluxrate_web.core.events import UsageEvent, reseed_keys_if_forked, trusted_event
 from fluxrate_web.core.failures import FailureLog
 from fluxrate_web.core.spool import DURABILITY_MODES, Spool, has_spool_files
 from fluxrate_web.core.transport import (
@@ -63,6 +63,7 @@ __all__ = ["ClientStats", "FluxrateClient", "capture_events"]
 # --------------------------------------------------------------------------- capture
 
 _captures: list[list[UsageEvent]] = []
+_getpid = os.getpid
 
 
 @contextlib.contextmanager
@@ -381,6 +382,7 @@ class FluxrateClient:
     def _reset_process_state(self) -> None:
         """Fresh locks, queue, counters and failure-log handle for this process."""
         self._pid = os.getpid()
+        reseed_keys_if_forked(self._pid)  # a fork the at-fork hook did not see
         self._lock = threading.Lock()
         self._lane: Lane | None = None
         self._counters = Counters()
@@ -457,6 +459,49 @@ class FluxrateClient:
                 logger.exception("could not pre-aggregate a usage event")
         return event if self.enqueue(event) else None
 
+    def _track_trusted(
+        self,
+        meter_token: str,
+        customer_external_id: str,
+        quantity: int | float | Decimal,
+        metadata: Mapping[str, Any] | None,
+        metadata_json: str | None,
+    ) -> bool:
+        """``track()`` for :class:`~fluxrate_web.core.metering.Metering`: the meter token,
+        quantity and metadata were validated when the route was planned
+        (:func:`~fluxrate_web.core.events.prepared_meter`), so only the customer is checked.
+        Then the same folding, capture and queueing as ``track()``. Never raises."""
+        check_pid = self._pid != _getpid()
+        if check_pid:  # before the key is drawn: a fork reseeds the keys
+            try:
+                self._after_fork()
+                check_pid = False
+            except Exception:  # _submit() tries again and logs the event if it must
+                logger.exception("could not reset the client after a fork")
+        try:
+            event = trusted_event(
+                meter_token, customer_external_id, quantity, metadata, metadata_json
+            )
+        except InvalidUsageError as exc:
+            self.note_dropped(str(exc))
+            return False
+        except Exception as exc:  # pragma: no cover - nothing else should raise
+            self.note_dropped(f"{type(exc).__name__}: {exc}")
+            return False
+        if _captures:
+            try:
+                _captures[-1].append(event)
+                return True
+            except IndexError:  # the capture ended meanwhile
+                pass
+        elif self.aggregation:
+            try:
+                if self._fold(event):
+                    return True
+            except Exception:
+                logger.exception("could not pre-aggregate a usage event")
+        return self._submit(event, check_pid)
+
     def _fold(self, event: UsageEvent) -> bool:
         """Fold ``event`` into its window's aggregate; False: send it as a single event."""
         if self._pid != os.getpid():
@@ -487,8 +532,12 @@ class FluxrateClient:
                 return True
             except IndexError:  # the capture ended meanwhile
                 pass
+        return self._submit(event, True)
+
+    def _submit(self, event: UsageEvent, check_pid: bool) -> bool:
+        """enqueue() without the capture (``check_pid`` False: the caller just checked)."""
         try:
-            if self._pid != os.getpid():
+            if check_pid and self._pid != _getpid():
                 self._after_fork()
             lane = self._lane
             if lane is None or lane.closed:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeAlias
 
 from fluxrate_web.core.errors import InvalidUsageError
 
@@ -26,8 +26,12 @@ __all__ = [
     "MAX_ID_LENGTH",
     "MAX_METADATA_BYTES",
     "MAX_QUANTITY",
+    "PreparedMeter",
     "UsageEvent",
     "new_idempotency_key",
+    "prepared_meter",
+    "reseed_keys_if_forked",
+    "trusted_event",
     "utc_timestamp",
 ]
 
@@ -122,17 +126,22 @@ def _normalize_timestamp(value: object) -> str:
 
 # A random 64-bit prefix per process and a counter: unique across processes (and forks: reseeded
 # in the child by an at-fork hook, and the pid is checked on every call of new_idempotency_key())
-# at a fraction of the cost of uuid4(). The counter is an itertools.count: next() is atomic under
-# the GIL, so two threads never draw the same number.
+# at a fraction of the cost of uuid4(). Key = 16 hex of prefix + 16 hex of counter. The counter is
+# an itertools.count: next() is atomic under the GIL, so two threads never draw the same number.
+# Its hex is cut in two: the upper 14 digits change every 256 keys and are formatted then (cached
+# in _key_block), the last 2 come from a table: one string concatenation per key.
+_HEX2 = tuple(f"{i:02x}" for i in range(256))
 _key_pid = -1
-_key_base = 0  # prefix << 64
+_key_prefix = ""  # 16 hex digits, random per process
 _key_counter = itertools.count(1)
+_key_block: tuple[int, str] = (-1, "")  # (counter >> 8, the key's first 30 digits)
 
 
 def _reseed_keys() -> None:
-    global _key_pid, _key_base, _key_counter
-    _key_base = int.from_bytes(os.urandom(8), "big") << 64
+    global _key_pid, _key_prefix, _key_counter, _key_block
+    _key_prefix = os.urandom(8).hex()
     _key_counter = itertools.count(1)
+    _key_block = (-1, "")
     _key_pid = os.getpid()
 
 
@@ -148,7 +157,16 @@ def new_idempotency_key() -> str:
     """A fresh 32-character hex key, unique across processes."""
     if os.getpid() != _key_pid:
         _reseed_keys()
-    return f"{_key_base + next(_key_counter):032x}"
+    return _next_key()
+
+
+def _next_key() -> str:
+    global _key_block
+    n = next(_key_counter)
+    block = _key_block
+    if block[0] != n >> 8:  # each thread uses the block of its own number
+        block = _key_block = (n >> 8, f"{_key_prefix}{n >> 8:014x}")
+    return block[1] + _HEX2[n & 255]
 
 
 _reseed_keys()
@@ -519,8 +537,86 @@ def _built_slowly(
     return event
 
 
+def trusted_event(
+    meter_token: str,
+    customer_external_id: str,
+    quantity: int | float | Decimal,
+    metadata: Mapping[str, Any] | None,
+    metadata_json: str | None,
+) -> UsageEvent:
+    """The seam's event: ``meter_token``, ``quantity`` and the frozen ``metadata`` (with its
+    JSON) were validated when the route was planned (see :func:`prepared_meter`); only the
+    customer is checked here (cheaply: ids that passed before are remembered). Raises
+    :class:`InvalidUsageError` for a bad customer.
+
+    The key is drawn without a pid check: the caller checked its pid first and called
+    :func:`reseed_keys_if_forked` on a change (``FluxrateClient`` does)."""
+    global _key_block
+    if type(customer_external_id) is not str or customer_external_id not in _valid_ids:
+        customer_external_id = checked_id(customer_external_id, "customer_external_id")
+    # _now_timestamp() and _next_key(), inlined: this runs for every billed request
+    ms = _time_ns() // 1_000_000
+    stamp = _ms_cache
+    timestamp = stamp[1] if stamp[0] == ms else _format_ms(ms)
+    n = next(_key_counter)
+    block = _key_block
+    if block[0] != n >> 8:
+        block = _key_block = (n >> 8, f"{_key_prefix}{n >> 8:014x}")
+    # _built(), inlined
+    event = _Building()
+    event.meter_token = meter_token
+    event.customer_external_id = customer_external_id
+    event.quantity = quantity
+    event.timestamp = timestamp
+    event.idempotency_key = block[1] + _HEX2[n & 255]
+    event.metadata = metadata
+    event.meter_id = None
+    event.customer_id = None
+    event._metadata_json = metadata_json
+    event.__class__ = UsageEvent  # type: ignore[assignment]
+    return event  # type: ignore[return-value]
+
+
+def _trusted_event_slowly(
+    meter_token: str,
+    customer_external_id: str,
+    quantity: int | float | Decimal,
+    metadata: Mapping[str, Any] | None,
+    metadata_json: str | None,
+) -> UsageEvent:
+    if type(customer_external_id) is not str or customer_external_id not in _valid_ids:
+        customer_external_id = checked_id(customer_external_id, "customer_external_id")
+    return _built_slowly(
+        meter_token,
+        customer_external_id,
+        quantity,
+        metadata,
+        metadata_json,
+        _now_timestamp(),
+        _next_key(),
+    )
+
+
+PreparedMeter: TypeAlias = tuple[str, int | float | Decimal, Mapping[str, Any] | None, str | None]
+"""``(meter token, quantity, frozen metadata, metadata JSON)``, validated: see
+:func:`prepared_meter`."""
+
+
+def prepared_meter(meter_token: object, quantity: object, metadata: object) -> PreparedMeter | None:
+    """Validate, once, what a route bills on every request: ``(token, quantity, frozen
+    metadata, metadata JSON)`` for :func:`trusted_event`, or ``None`` when invalid (the request
+    path then goes through ``track()``, which drops the event and says why)."""
+    try:
+        token = checked_id(meter_token, "meter_token")
+        number = _check_quantity(quantity)
+        frozen, encoded = _check_metadata(metadata)
+    except Exception:
+        return None
+    return token, number, frozen, encoded
+
+
 def _check_building() -> None:
-    global _built
+    global _built, trusted_event
     try:
         probe = _built("m", "c", 1, None, None, "1970-01-01T00:00:00.000Z", "k")
         ok = type(probe) is UsageEvent and probe == UsageEvent(
@@ -530,6 +626,7 @@ def _check_building() -> None:
         ok = False
     if not ok:  # pragma: no cover
         _built = _built_slowly
+        trusted_event = _trusted_event_slowly
 
 
 _check_building()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar, Token
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
@@ -162,6 +162,20 @@ class _NullClient:
         return None
 
 
+def _trusted_track(client: object) -> Callable[..., bool] | None:
+    """The client's ``_track_trusted`` when ``Metering`` may use it instead of ``track()``:
+    a ``FluxrateClient`` whose ``track`` and ``_track_trusted`` are not overridden (a subclass
+    that instruments ``track()`` keeps seeing every call)."""
+    from fluxrate_web.core.client import FluxrateClient
+
+    if not isinstance(client, FluxrateClient):
+        return None
+    kind = type(client)
+    if kind.track is FluxrateClient.track and kind._track_trusted is FluxrateClient._track_trusted:
+        return client._track_trusted
+    return None
+
+
 def derive_idempotency_key(request_key: str, meter_token: str, customer: str, index: int) -> str:
     """The event key for a request that carried an idempotency header: the same request
     retried by its client gives the same key, so Fluxrate bills it once."""
@@ -196,7 +210,7 @@ class Metering:
         self.rules = rules if rules is not None else RequestRules(config)
         if client is None:
             client = self._default_client(config)
-        self.client: UsageClient = client
+        self.client = client
         self.enabled = config.enabled
         header = config.idempotency_header
         self._idempotency_header = header.lower() if header else None
@@ -204,6 +218,16 @@ class Metering:
         self._record_specs: dict[str, MeterSpec | None] = {}
         self.errors = 0
         _known_meters.update({name: spec.token for name, spec in config.meters.items()})
+
+    @property
+    def client(self) -> UsageClient:
+        """The client events go to (``FluxrateClient``, ``CapturingClient``, ...)."""
+        return self._client
+
+    @client.setter
+    def client(self, client: UsageClient) -> None:
+        self._client = client
+        self._trusted = _trusted_track(client)
 
     @staticmethod
     def _default_client(config: Config) -> UsageClient:
@@ -409,8 +433,16 @@ class Metering:
                         return 0
                     header = self._idempotency_header
                     if header is None or not view.header(header):
-                        track = self.client.track
                         sent = 0
+                        trusted = self._trusted
+                        prepared = plan.prepared
+                        if trusted is not None and prepared is not None:
+                            # validated when the route was planned: build, don't re-check
+                            for meter_token, quantity, metadata, encoded in prepared:
+                                if trusted(meter_token, who, quantity, metadata, encoded):
+                                    sent += 1
+                            return sent
+                        track = self._client.track
                         for meter in meters:
                             if track(meter.token, who, meter.constant, metadata=meter.metadata):  # type: ignore[arg-type]
                                 sent += 1

@@ -41,6 +41,7 @@ from fluxrate_web.core.config import (
     parse_bill_on,
 )
 from fluxrate_web.core.errors import ConfigError
+from fluxrate_web.core.events import PreparedMeter, prepared_meter
 from fluxrate_web.core.quantities import (
     CompiledQuantity,
     QuantitySpec,
@@ -297,6 +298,7 @@ class PlannedMeter:
         "metadata",
         "metadata_fn",
         "name",
+        "prepared",
         "quantity",
         "resolver",
         "spec",
@@ -324,6 +326,13 @@ class PlannedMeter:
             self.metadata_fn = None
         self.resolver = resolver
         self.billable = billable
+        # constant quantity and static metadata: validated once, here, for the request path
+        # (Metering hands them to the client as they are; None = validate per event)
+        self.prepared: PreparedMeter | None = (
+            prepared_meter(self.token, self.constant, self.metadata)
+            if self.constant is not None and self.metadata_fn is None
+            else None
+        )
 
     def __repr__(self) -> str:
         return f"PlannedMeter({self.name!r}, quantity={self.quantity.description})"
@@ -349,6 +358,7 @@ class RoutePlan:
         "meters",
         "needs_async",
         "needs_info",
+        "prepared",
         "reject_missing_customer",
         "resolver",
         "source",
@@ -384,6 +394,12 @@ class RoutePlan:
         # constant quantities, static metadata, shared customer and bill_on, nothing async:
         # Metering.finish() takes its short path
         self.fast = self.uniform and not self.needs_info and not self.needs_async
+        # fast, and every meter's token, quantity and metadata validated at planning time:
+        # Metering builds the events without validating them again
+        prepared = [m.prepared for m in meters if m.prepared is not None]
+        self.prepared: tuple[PreparedMeter, ...] | None = (
+            tuple(prepared) if self.fast and meters and len(prepared) == len(meters) else None
+        )
         # the sync resolver, bound once: plan.customer(view) -> str | None
         self.customer: Callable[[RequestView], str | None] = resolver.resolve
 

@@ -7,12 +7,18 @@ import os
 import re
 import threading
 from dataclasses import FrozenInstanceError
+from typing import Any
 
 import pytest
 
 from fluxrate_web.core import events
+from fluxrate_web.core.client import FluxrateClient, capture_events
+from fluxrate_web.core.config import load_config
 from fluxrate_web.core.errors import InvalidUsageError
 from fluxrate_web.core.events import UsageEvent, new_idempotency_key, utc_timestamp
+from fluxrate_web.core.metering import Metering, derive_idempotency_key
+from fluxrate_web.devserver import DevServer
+from fluxrate_web.testing import CapturingClient
 
 TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 TOKEN = "0b8f6d6e-2c1a-4f5e-9a53-3f3c8d9e7a10"
@@ -105,3 +111,195 @@ def test_timestamp_cache_follows_the_clock() -> None:
     now = utc_timestamp()
     assert TS.fullmatch(now)
     assert now >= "2024"
+
+
+# --------------------------------------------------------------------------- the trusted path
+
+
+class View:
+    native: object = "request"
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers = {k.lower(): v for k, v in headers.items()}
+        self.asked: list[str] = []
+
+    def header(self, name: str) -> str | None:
+        self.asked.append(name)
+        return self.headers.get(name.lower())
+
+    def query(self, name: str) -> str | None:
+        return None
+
+    def state(self, name: str) -> object | None:
+        return None
+
+    def user(self) -> object | None:
+        return None
+
+
+SETTINGS: dict[str, Any] = {
+    "meters": {"api_calls": TOKEN, "tokens": "650e8400-e29b-41d4-a716-446655440001"},
+    "customer": "header:X-Customer-Id",
+    "endpoints": [
+        {"route": "/v1/items/*", "meter": "api_calls"},
+        {
+            "route": "/v1/multi",
+            "meters": [
+                {"meter": "api_calls", "quantity": 2.5, "metadata": {"plan": "pro", "n": 1}},
+                {"meter": "tokens", "quantity": 7},
+            ],
+        },
+    ],
+}
+
+
+def bill(metering: Metering, template: str, headers: dict[str, str], status: int = 200) -> int:
+    scope = metering.open_scope()
+    plan = metering.route(template, "GET", None)
+    return metering.finish(plan, View(headers), scope, status=status)
+
+
+def fields(event: UsageEvent) -> tuple[object, ...]:
+    return (
+        event.meter_token,
+        event.customer_external_id,
+        event.quantity,
+        type(event.quantity),
+        event.metadata,
+        event.metadata_json,
+        event.meter_id,
+        event.customer_id,
+    )
+
+
+def test_trusted_path_builds_what_track_builds() -> None:
+    client = FluxrateClient("org_live_x", "http://127.0.0.1:9")
+    metering = Metering(load_config(overrides=SETTINGS), client=client)
+    reference = Metering(load_config(overrides=SETTINGS), client=CapturingClient())
+    assert metering._trusted is not None
+    assert reference._trusted is None
+    requests = [
+        ("/v1/items/{id}", {"X-Customer-Id": "cust-1"}, 200),
+        ("/v1/multi", {"X-Customer-Id": "cust-2"}, 201),
+        ("/v1/items/{id}", {"X-Customer-Id": "cust-1"}, 404),  # not billed
+        ("/v1/items/{id}", {}, 200),  # no customer
+        ("/v1/items/{id}", {"X-Customer-Id": "bad\x85id"}, 200),  # invalid customer
+        ("/v1/items/{id}", {"X-Customer-Id": "x" * 300}, 200),
+        ("/v1/multi", {"X-Customer-Id": "cust-2", "Idempotency-Key": "abc"}, 200),
+    ]
+    with capture_events() as captured:
+        sent = [bill(metering, t, h, s) for t, h, s in requests]
+    assert metering.route("/v1/multi", "GET", None).prepared is not None
+    expected = [bill(reference, t, h, s) for t, h, s in requests]
+    assert sent == expected == [1, 2, 0, 0, 0, 0, 2]
+    ref_events = reference.client.events  # type: ignore[attr-defined]
+    assert [fields(e) for e in captured] == [fields(e) for e in ref_events]
+    assert client.stats.dropped == reference.client.stats.dropped == 3  # type: ignore[attr-defined]
+    assert all(type(e) is UsageEvent for e in captured)
+    multi = captured[1]
+    assert multi.metadata == {"plan": "pro", "n": 1}
+    with pytest.raises(TypeError):
+        multi.metadata["plan"] = "free"  # type: ignore[index]
+    # the request's Idempotency-Key still derives the keys (the general path)
+    assert captured[-2].idempotency_key == derive_idempotency_key("abc", TOKEN, "cust-2", 0)
+    assert len({e.idempotency_key for e in captured}) == len(captured)
+    client.close(0.1)
+
+
+def test_a_subclass_that_overrides_track_sees_every_call() -> None:
+    calls: list[tuple[object, ...]] = []
+
+    class Instrumented(FluxrateClient):
+        def track(self, *args: Any, **kwargs: Any) -> UsageEvent | None:
+            calls.append(args)
+            return super().track(*args, **kwargs)
+
+    client = Instrumented("org_live_x", "http://127.0.0.1:9")
+    metering = Metering(load_config(overrides=SETTINGS), client=client)
+    assert metering._trusted is None
+    with capture_events() as captured:
+        assert bill(metering, "/v1/items/{id}", {"X-Customer-Id": "c"}) == 1
+    assert len(calls) == len(captured) == 1
+    # reassigning the client switches the path too
+    plain = FluxrateClient("org_live_x", "http://127.0.0.1:9")
+    metering.client = plain
+    assert metering._trusted is not None
+    assert metering.client is plain
+    with capture_events() as captured:
+        assert bill(metering, "/v1/items/{id}", {"X-Customer-Id": "c"}) == 1
+    assert len(calls) == 1
+    assert len(captured) == 1
+    client.close(0.1)
+    plain.close(0.1)
+
+
+def test_a_meter_token_that_is_not_a_valid_id_goes_through_track() -> None:
+    bad = "t" * 300  # config accepts it; the event would be refused
+    metering = Metering(
+        load_config(overrides={**SETTINGS, "meters": {"api_calls": bad, "tokens": TOKEN}}),
+        client=FluxrateClient("org_live_x", "http://127.0.0.1:9"),
+    )
+    assert metering.route("/v1/items/{id}", "GET", None).prepared is None
+    with capture_events() as captured:
+        assert bill(metering, "/v1/items/{id}", {"X-Customer-Id": "c"}) == 0
+    assert captured == []
+    assert metering.client.stats.dropped == 1  # type: ignore[attr-defined]
+    metering.close(0.1)
+
+
+def test_trusted_path_folds_aggregated_meters_and_delivers(fluxrate_server: DevServer) -> None:
+    token = fluxrate_server.meter_token("api_calls")
+    settings = {
+        "api_key": fluxrate_server.api_key,
+        "base_url": fluxrate_server.url,
+        "meters": {"api_calls": {"token": token, "aggregation": "SUM", "window": "1h"}},
+        "customer": "header:X-Customer-Id",
+        "default_meter": "api_calls",
+    }
+    metering = Metering.from_config(overrides=settings)
+    try:
+        assert metering._trusted is not None
+        for i in range(30):
+            assert bill(metering, "/v1/x", {"X-Customer-Id": f"agg-{i % 3}"}) == 1
+        assert metering.flush(10)
+        assert metering.client.stats.folded == 30  # type: ignore[attr-defined]
+    finally:
+        metering.close()
+    assert fluxrate_server.summary() == {f"agg-{i}": {"api_calls": 10} for i in range(3)}
+    assert fluxrate_server.track_requests() == 3
+
+
+def test_trusted_path_delivers_single_events(fluxrate_server: DevServer) -> None:
+    settings = {
+        "api_key": fluxrate_server.api_key,
+        "base_url": fluxrate_server.url,
+        "meters": {"api_calls": fluxrate_server.meter_token("api_calls")},
+        "customer": "header:X-Customer-Id",
+        "default_meter": "api_calls",
+    }
+    metering = Metering.from_config(overrides=settings)
+    try:
+        for i in range(50):
+            assert bill(metering, "/v1/x", {"X-Customer-Id": f"one-{i % 2}"}) == 1
+        assert metering.flush(10)
+        assert metering.client.stats.delivered == 50  # type: ignore[attr-defined]
+    finally:
+        metering.close()
+    assert fluxrate_server.summary() == {"one-0": {"api_calls": 25}, "one-1": {"api_calls": 25}}
+    keys = [e["idempotency_key"] for e in fluxrate_server.events()]
+    assert len(set(keys)) == 50
+
+
+def test_the_fallback_builders_build_the_same_events() -> None:
+    # used where __class__ assignment between same-layout classes is refused
+    slow = events._built_slowly(TOKEN, "c", 2, None, None, "2026-01-01T00:00:00.000Z", "k1")
+    fast = events._built(TOKEN, "c", 2, None, None, "2026-01-01T00:00:00.000Z", "k1")
+    assert type(slow) is type(fast) is UsageEvent
+    assert slow == fast
+    assert repr(slow) == repr(fast)
+    one = events._trusted_event_slowly(TOKEN, "c", 2, None, None)
+    two = events.trusted_event(TOKEN, "c", 2, None, None)
+    assert fields(one) == fields(two)
+    assert one.idempotency_key != two.idempotency_key
+    with pytest.raises(InvalidUsageError, match="control"):
+        events._trusted_event_slowly(TOKEN, "c\x00", 2, None, None)
