@@ -504,7 +504,18 @@ def sigterm(ctx: Context, spec: AppSpec) -> Result:
         pre = run.stop_and_tally()
         run.result.notes.append(f"delivered before exit: {pre.delivered} of {pre.sent}")
         run.replay_and_finish(pre, phases=("before",))
+        _no_5xx_while_stopping(run)
     return run.result
+
+
+def _no_5xx_while_stopping(run: Run) -> None:
+    """A stopping server may refuse connections, never answer 5xx (the exit flush must not
+    keep a half torn-down app serving)."""
+    late = [a for a in run.record.answers if a.status >= 500 and a.phase == "stopping"]
+    kinds = sorted({a.kind for a in late})
+    run.result.check(
+        not late, f"{len(late)} request(s) answered 5xx while the server was stopping ({kinds})"
+    )
 
 
 def _sigterm_outage(ctx: Context, spec: AppSpec, durability: str) -> Result:
@@ -554,6 +565,7 @@ def _sigterm_outage(ctx: Context, spec: AppSpec, durability: str) -> Result:
         else:
             pre = run.stop_and_tally()
             run.replay_and_finish(pre, expect_kept=True, phases=("before", "outage"))
+        _no_5xx_while_stopping(run)
     return run.result
 
 

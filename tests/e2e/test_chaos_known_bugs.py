@@ -50,6 +50,12 @@ def test_sigterm_during_an_outage_fastapi(chaos: Context) -> None:
     run(chaos, "sigterm-outage", "fastapi")
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="fluxrate_web/django/apps.py exit_on_sigterm: runserver keeps serving while the exit "
+    "flush runs (up to shutdown_timeout) and its async views answer 500 meanwhile (the "
+    "interpreter is shutting down); nothing is lost any more (fixed in 39876a4)",
+)
 def test_sigterm_to_django_runserver(chaos: Context) -> None:
     """``manage.py runserver --noreload``, SIGTERM mid-load while deliveries take 300 ms."""
     run(chaos, "sigterm", "django-runserver")
