@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar, Token
 from decimal import Decimal
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from fluxrate_web.core._log import log_limited, logger, warn_limited
 from fluxrate_web.core.config import Config, MeterSpec, load_config
 from fluxrate_web.core.errors import ConfigError
+from fluxrate_web.core.events import reseed_keys_if_forked, trusted_event
 from fluxrate_web.core.quantities import HeaderSource, ResponseInfo, parse_number
 from fluxrate_web.core.resolvers import RequestView
 from fluxrate_web.core.rules import PlannedMeter, RequestRules, RoutePlan
@@ -50,6 +52,7 @@ __all__ = [
 ]
 
 _log = logger.getChild("metering")
+_getpid = os.getpid
 
 
 class UsageClient(Protocol):
@@ -163,17 +166,49 @@ class _NullClient:
 
 
 def _trusted_track(client: object) -> Callable[..., bool] | None:
-    """The client's ``_track_trusted`` when ``Metering`` may use it instead of ``track()``:
-    a ``FluxrateClient`` whose ``track`` and ``_track_trusted`` are not overridden (a subclass
-    that instruments ``track()`` keeps seeing every call)."""
+    """What ``Metering`` may call instead of ``client.track()`` for a prepared route (see
+    ``RoutePlan.prepared``): ``FluxrateClient._track_trusted``, or, for the test helper
+    ``fluxrate_web.testing.CapturingClient``, the same build followed by its ``enqueue()``
+    (what its ``track()`` does). Only for those exact classes, or a ``FluxrateClient``
+    subclass that overrides neither ``track`` nor ``_track_trusted``: a client that
+    instruments ``track()`` keeps seeing every call."""
     from fluxrate_web.core.client import FluxrateClient
 
-    if not isinstance(client, FluxrateClient):
+    if isinstance(client, FluxrateClient):
+        kind = type(client)
+        if (
+            kind.track is FluxrateClient.track
+            and kind._track_trusted is FluxrateClient._track_trusted
+        ):
+            return client._track_trusted
         return None
-    kind = type(client)
-    if kind.track is FluxrateClient.track and kind._track_trusted is FluxrateClient._track_trusted:
-        return client._track_trusted
+    testing = sys.modules.get("fluxrate_web.testing")  # loaded if the client is one of its
+    if testing is not None and type(client) is getattr(testing, "CapturingClient", None):
+        return _capturing_track(client)
     return None
+
+
+def _capturing_track(client: Any) -> Callable[..., bool]:
+    """``CapturingClient.track()`` for a prepared route: the same event, the same drop."""
+    enqueue = client.enqueue
+    note_dropped = client.note_dropped
+
+    def track(
+        meter_token: str,
+        customer: str,
+        quantity: int | float | Decimal,
+        metadata: Mapping[str, Any] | None,
+        metadata_json: str | None,
+    ) -> bool:
+        reseed_keys_if_forked(_getpid())
+        try:
+            event = trusted_event(meter_token, customer, quantity, metadata, metadata_json)
+        except Exception as exc:
+            note_dropped(f"invalid usage: {exc}")
+            return False
+        return bool(enqueue(event))
+
+    return track
 
 
 def derive_idempotency_key(request_key: str, meter_token: str, customer: str, index: int) -> str:

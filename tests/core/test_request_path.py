@@ -173,10 +173,15 @@ def fields(event: UsageEvent) -> tuple[object, ...]:
 
 
 def test_trusted_path_builds_what_track_builds() -> None:
+    class ThroughTrack(CapturingClient):  # a subclass: Metering calls its track()
+        pass
+
     client = FluxrateClient("org_live_x", "http://127.0.0.1:9")
     metering = Metering(load_config(overrides=SETTINGS), client=client)
-    reference = Metering(load_config(overrides=SETTINGS), client=CapturingClient())
+    reference = Metering(load_config(overrides=SETTINGS), client=ThroughTrack())
+    capturing = Metering(load_config(overrides=SETTINGS), client=CapturingClient())
     assert metering._trusted is not None
+    assert capturing._trusted is not None
     assert reference._trusted is None
     requests = [
         ("/v1/items/{id}", {"X-Customer-Id": "cust-1"}, 200),
@@ -191,9 +196,14 @@ def test_trusted_path_builds_what_track_builds() -> None:
         sent = [bill(metering, t, h, s) for t, h, s in requests]
     assert metering.route("/v1/multi", "GET", None).prepared is not None
     expected = [bill(reference, t, h, s) for t, h, s in requests]
+    assert [bill(capturing, t, h, s) for t, h, s in requests] == expected
     assert sent == expected == [1, 2, 0, 0, 0, 0, 2]
     ref_events = reference.client.events  # type: ignore[attr-defined]
     assert [fields(e) for e in captured] == [fields(e) for e in ref_events]
+    assert [fields(e) for e in capturing.client.events] == [  # type: ignore[attr-defined]
+        fields(e) for e in ref_events
+    ]
+    assert capturing.client.dropped == reference.client.dropped  # type: ignore[attr-defined]
     assert client.stats.dropped == reference.client.stats.dropped == 3  # type: ignore[attr-defined]
     assert all(type(e) is UsageEvent for e in captured)
     multi = captured[1]
