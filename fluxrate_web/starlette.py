@@ -105,7 +105,7 @@ class ScopeRequestView:
 
     def __init__(self, scope: Scope) -> None:
         self.scope = scope
-        self._headers: dict[str, str | None] | None = None
+        self._headers: dict[str, str | None] | None = None  # (unused: kept for subclasses)
         self._query: dict[str, str] | None = None
         self._request: object = None
 
@@ -124,22 +124,17 @@ class ScopeRequestView:
         self._request = value
 
     def header(self, name: str) -> str | None:
-        headers = self._headers
-        if headers is None:
-            headers = self._headers = {}
-        else:
-            found = headers.get(name)
-            if found is not None or name in headers:
-                return found
-        # ASGI servers send header names lower-cased (the spec asks them to); one scan per name.
-        wanted = _header_key(name)
-        value = None
-        for key, raw in self.scope.get("headers") or ():
-            if key == wanted:
-                value = raw.decode("latin-1")
-                break
-        headers[name] = value
-        return value
+        # One scan of the (short) header list per name asked: cheaper than building any
+        # index (the seam asks for one or two names per request). ASGI servers send names
+        # lower-cased (the spec asks them to); the first of repeated names wins.
+        wanted = _HEADER_KEYS.get(name) or _header_key(name)
+        try:
+            for key, raw in self.scope["headers"]:
+                if key == wanted:
+                    return raw.decode("latin-1")  # type: ignore[no-any-return]
+        except Exception:  # no or malformed headers
+            return None
+        return None
 
     def query(self, name: str) -> str | None:
         query = self._query
@@ -379,8 +374,7 @@ class FluxrateMiddleware:
                 await _send_reject(send)
                 return
         try:
-            exchange = _Exchange(self, scope, send)
-            exchange._receive = receive
+            exchange = _Exchange(self, scope, receive, send)
         except Exception:
             _warn("setup", "fluxrate: request not metered, setup failed", exc_info=True)
             await self.app(scope, receive, send)
@@ -629,14 +623,15 @@ class _Exchange(ScopeRequestView):
         "token",
     )
 
-    _receive: Receive  # set by the middleware right after construction
-
-    def __init__(self, middleware: FluxrateMiddleware, scope: Scope, send: Send) -> None:
+    def __init__(
+        self, middleware: FluxrateMiddleware, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         self.scope = scope
         self._headers = None
         self._query = None
         self._request = None
         self.middleware = middleware
+        self._receive = receive
         self._send = send
         self.root_path: str = scope.get("root_path", "")
         self.start: Message | None = None  # the http.response.start message
@@ -656,38 +651,35 @@ class _Exchange(ScopeRequestView):
             self.request_bytes += len(message.get("body", b""))
         return message
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
+        # A plain function returning the server's awaitable: no coroutine of our own for every
+        # message, except the last one, after which the request is finished.
         kind = message["type"]
-        if kind == "http.response.body":
+        if kind == "http.response.start":
+            self.start = message
+        elif kind == "http.response.body":
             self.response_bytes += len(message.get("body", b""))
             if not message.get("more_body", False) and (
                 (start := self.start) is None or not start.get("trailers", False)
             ):
-                await self._send(message)
-                pending = self.finish(True, False)
-                if pending is not None:
-                    await pending
-                return
-        elif kind == "http.response.start":
-            self.start = message
+                return self._send_last(message)
         elif kind == "http.response.trailers":
             if not message.get("more_trailers", False):
-                await self._send(message)
-                pending = self.finish(True, False)
-                if pending is not None:
-                    await pending
-                return
+                return self._send_last(message)
         elif kind == "http.response.pathsend":
             # The server sends the file itself: its size is the response's Content-Length.
             length = self.response_header("content-length")
             if length is not None and length.isdigit():
                 self.response_bytes += int(length)
-            await self._send(message)
-            pending = self.finish(True, False)
-            if pending is not None:
-                await pending
-            return
+            return self._send_last(message)
+        return self._send(message)
+
+    async def _send_last(self, message: Message) -> None:
+        """Send the response's last message, then hand the request to the seam."""
         await self._send(message)
+        pending = self.finish(True, False)
+        if pending is not None:
+            await pending
 
     @property
     def status(self) -> int | None:
