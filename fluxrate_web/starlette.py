@@ -591,11 +591,20 @@ def _reject_mode(metering: Metering) -> bool:
     return bool(metering.config.enabled and metering.config.on_missing_customer == "reject")
 
 
+def _drain_at_shutdown(metering: Metering) -> None:
+    """Deliver the queue within ``shutdown_timeout``; if the API is not taking it (an outage),
+    close the client so what missed the deadline goes to the spool or the failure log at once,
+    and the server exits before an orchestrator's SIGKILL. A queue that drained leaves the
+    client open: test suites run one app's lifespan many times."""
+    if not metering.flush(metering.config.shutdown_timeout):
+        metering.close(0)
+
+
 async def _flush_off_loop(metering: Metering) -> None:
     try:
         from starlette.concurrency import run_in_threadpool
 
-        await run_in_threadpool(metering.flush)
+        await run_in_threadpool(_drain_at_shutdown, metering)
     except Exception:
         _warn("flush", "fluxrate: flush at shutdown failed", exc_info=True)
 

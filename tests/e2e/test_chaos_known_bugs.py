@@ -39,12 +39,6 @@ def run(chaos: Context, scenario: str, app: str) -> None:
     assert result.ok, "; ".join(result.problems)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fluxrate_web/starlette.py: the lifespan shutdown calls metering.flush() without a "
-    "timeout (and never close()), so during an outage uvicorn does not exit within "
-    "shutdown_timeout; the orchestrator's SIGKILL then loses the queue (memory mode)",
-)
 def test_sigterm_during_an_outage_fastapi(chaos: Context) -> None:
     """FastAPI under uvicorn, the API down, SIGTERM; SIGKILL 8 s later (a grace period)."""
     run(chaos, "sigterm-outage", "fastapi")
