@@ -42,7 +42,10 @@ MAX_METADATA_BYTES = 8192
 MAX_QUANTITY = 10**30
 """Largest quantity accepted (keeps every quantity printable as a JSON number)."""
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Control characters, line separators, and lone surrogates (no UTF-8 form: such an id could be
+# neither sent nor written to the failure log).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _CANONICAL_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 _metadata_encoder = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=True
@@ -189,7 +192,7 @@ def _check_id(value: object, name: str, *, required: bool = True) -> str:
     if len(value) > MAX_ID_LENGTH:
         raise InvalidUsageError(f"{name}: longer than {MAX_ID_LENGTH} characters")
     if not (value.isascii() and value.isprintable()) and _CONTROL.search(value):
-        raise InvalidUsageError(f"{name}: contains control characters")
+        raise InvalidUsageError(f"{name}: contains control characters or lone surrogates")
     return value
 
 
@@ -248,6 +251,8 @@ def _check_metadata(value: object) -> tuple[Mapping[str, Any] | None, str | None
         encoded = _metadata_encoder.encode(copy)
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidUsageError(f"metadata: not JSON-serialisable: {exc}") from None
+    if not encoded.isascii() and _SURROGATE.search(encoded):
+        raise InvalidUsageError("metadata: a string with a lone surrogate has no UTF-8 form")
     if len(encoded) > MAX_METADATA_BYTES and len(encoded.encode()) > MAX_METADATA_BYTES:
         raise InvalidUsageError(f"metadata: larger than {MAX_METADATA_BYTES} bytes as JSON")
     # The JSON is encoded once, here: what is sent (and logged on failure) is the metadata as it

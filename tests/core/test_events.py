@@ -250,3 +250,20 @@ def test_any_valid_event_encodes_to_json_and_back(
     assert Decimal(str(body["quantity"])) == Decimal(str(quantity))
     assert body.get("metadata", {}) == metadata
     assert UsageEvent.from_dict(json.loads(json.dumps(event.to_dict()))) == event
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"customer_external_id": "cust\udc80"},
+        {"meter_token": "\ud800meter"},
+        {"idempotency_key": "key\udfff"},
+        {"metadata": {"note": "x\ud800"}},
+        {"metadata": {"\udc80": 1}},
+    ],
+)
+def test_lone_surrogates_are_refused(kwargs: dict[str, object]) -> None:
+    # No UTF-8 form: such an event could be neither sent nor written to the failure log.
+    args: dict[str, object] = {"meter_token": "mt", "customer_external_id": "cust"} | kwargs
+    with pytest.raises(InvalidUsageError, match="surrogate"):
+        UsageEvent.create(**args)  # type: ignore[arg-type]
