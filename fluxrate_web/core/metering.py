@@ -787,9 +787,12 @@ class Metering:
             if who is None:
                 missing += 1
                 continue
-            quantity = parse_number(raw_quantity)
+            try:
+                quantity = parse_number(raw_quantity)
+            except Exception:  # a user's object whose __float__ or __index__ raises
+                quantity = None
             if quantity is None:
-                self._drop(f"record({name!r}): quantity {raw_quantity!r} is not a number")
+                self._drop(f"record({name!r}): quantity {_safe_repr(raw_quantity)} is not a number")
                 continue
             if quantity == 0:
                 continue
@@ -823,3 +826,12 @@ _known_meters: dict[str, str] = {}
 def known_meter_token(name: str) -> str | None:
     """The token of a meter name known to any :class:`Metering` of this process."""
     return _known_meters.get(name)
+
+
+def _safe_repr(value: object) -> str:
+    """``repr(value)`` for a log line, bounded, and never raising (a user's ``__repr__`` may)."""
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<{type(value).__name__} whose repr() raised>"
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -287,11 +287,6 @@ def test_track_survives_values_whose_repr_raises(
     assert plain.stats.dropped == dropped + 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="metering.py (rules layer): _bill_records formats the quantity with !r; a value whose "
-    "repr raises aborts the billing of the request's other record() usages (reported to the lead)",
-)
 def test_record_with_a_quantity_whose_repr_raises_drops_only_that_usage(
     metering: Metering,
 ) -> None:
