@@ -133,7 +133,7 @@ class FlaskRequestView:
         return self._g
 
     def header(self, name: str) -> str | None:
-        value = self._environ.get(_environ_key(name))
+        value = self._environ.get(_ENVIRON_KEYS.get(name) or _environ_key(name))
         return value if isinstance(value, str) else None
 
     def query(self, name: str) -> str | None:
@@ -583,7 +583,7 @@ class FluxrateState:
                     view,
                     scope,
                     status=response.status_code,
-                    customer=_known_customer(plan, environ),
+                    customer=environ.get(_CUSTOMER_KEY) if plan.uniform else None,
                 )
         except Exception:  # pragma: no cover - the seam never raises; this is belt and braces
             logger.exception("fluxrate: metering a Flask response failed")

@@ -84,7 +84,7 @@ class DjangoRequestView:
         self._user: Any = _UNSET
 
     def header(self, name: str) -> str | None:
-        value = self.request.META.get(_meta_key(name))
+        value = self.request.META.get(_meta_keys.get(name) or _meta_key(name))
         if value is None or isinstance(value, str):
             return value
         return str(value)
