@@ -7,7 +7,7 @@ quantity), injects a fault (5xx, 429 storms, outages, restarts, latency, signals
 and compares the devserver's ledger with that record. See ``docs/reliability.md``.
 
     .venv/bin/python bench/chaos.py                         # every scenario, every app (long)
-    .venv/bin/python bench/chaos.py --short                 # the CI durations (~9 minutes)
+    .venv/bin/python bench/chaos.py --short                 # the CI durations (~8 minutes)
     .venv/bin/python bench/chaos.py --scenario 5xx --app flask
     .venv/bin/python bench/chaos.py --scenario long-outage-spool --outage 600
 

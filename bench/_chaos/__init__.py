@@ -1,4 +1,4 @@
-"""Helpers of the chaos suite (``bench/chaos.py``, ``tests/e2e/test_chaos.py``).
+"""Helpers of the chaos suite (``bench/chaos.py``, ``tests/e2e/test_chaos*.py``).
 
 * :mod:`_chaos.billing`: the devserver on a fixed port with a database file, so it can be
   stopped and started again with its ledger intact;
