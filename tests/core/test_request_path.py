@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import warnings
 from dataclasses import FrozenInstanceError
 from typing import Any
 
@@ -86,7 +87,10 @@ def test_keys_unique_across_threads() -> None:
 def test_forked_child_draws_other_keys() -> None:
     parent = {new_idempotency_key() for _ in range(3)}
     read, write = os.pipe()
-    pid = os.fork()
+    with warnings.catch_warnings():
+        # 3.12+: "This process is multi-threaded, use of fork() may lead to deadlocks"
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
             os.close(read)
@@ -313,3 +317,21 @@ def test_the_fallback_builders_build_the_same_events() -> None:
     assert one.idempotency_key != two.idempotency_key
     with pytest.raises(InvalidUsageError, match="control"):
         events._trusted_event_slowly(TOKEN, "c\x00", 2, None, None)
+
+
+def test_a_fork_the_hook_missed_reseeds_the_keys_on_the_trusted_paths() -> None:
+    client = FluxrateClient("org_live_x", "http://127.0.0.1:9")
+    capturing = Metering(load_config(overrides=SETTINGS), client=CapturingClient())
+    assert capturing._trusted is not None
+    with capture_events() as captured:
+        assert client._track_trusted(TOKEN, "c", 1, None, None)
+        events._key_pid = -1  # what a child sees after a fork that nobody told us about
+        client._pid = -1
+        assert client._track_trusted(TOKEN, "c", 1, None, None)
+    first, second = captured
+    assert first.idempotency_key[:16] != second.idempotency_key[:16]
+    events._key_pid = -1
+    capturing._trusted(TOKEN, "c", 1, None, None)
+    third = capturing.client.events[-1]  # type: ignore[attr-defined]
+    assert third.idempotency_key[:16] not in {k.idempotency_key[:16] for k in captured}
+    client.close(0.1)
