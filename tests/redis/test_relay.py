@@ -231,9 +231,11 @@ def test_the_global_rate_limit_is_shared_by_all_relays(
     elapsed = time.monotonic() - started
     # 40 per second for both relays together: 160 events need four one-second buckets
     assert elapsed >= 2.0
-    assert a.relay.stats.read > 0
-    assert b.relay.stats.read > 0
-    assert a.relay.stats.rate_waits + b.relay.stats.rate_waits > 0
+    # which relay wins each second's tokens is a race (both wake at the same boundary), so
+    # only the total is fixed; each relay was held back by the one counter they share
+    assert a.relay.stats.read + b.relay.stats.read == 160
+    assert a.relay.stats.rate_waits > 0
+    assert b.relay.stats.rate_waits > 0
     per_second = Counter(e["created_at"][:19] for e in fluxrate_server.events())
     assert max(per_second.values()) <= 40 + 16  # + deliveries still in flight at a boundary
     assert Counter(ledger(fluxrate_server)) == Counter(keys)
