@@ -19,7 +19,7 @@ metric                                      type     from
 ``fluxrate_events_failed_total``            counter  ``stats.failed``
 ``fluxrate_events_dropped_total``           counter  ``stats.dropped``
 ``fluxrate_events_pending``                 gauge    ``stats.pending``
-``fluxrate_queue_depth``                    gauge    events waiting in the queue
+``fluxrate_queue_depth``                    gauge    ``stats.queue_depth``
 ``fluxrate_queue_capacity``                 gauge    ``max_queue_size``
 ``fluxrate_delivery_latency_seconds``       histo.   ``stats.latency``, when the client has it
 ``fluxrate_aggregation_*``                  mixed    pre-aggregation counters, when enabled
@@ -116,18 +116,6 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
-
-
-def _queue_depth(client: Any, stats: Any) -> float | None:
-    value = _number(getattr(stats, "queue_depth", None))
-    if value is not None:
-        return value
-    # FluxrateClient without ClientStats.queue_depth: the length of its lane's queue
-    lane = getattr(client, "_lane", None)
-    queue = getattr(lane, "queue", None)
-    if queue is None or getattr(lane, "closed", False):
-        return 0.0 if hasattr(client, "_lane") else None
-    return float(len(queue))
 
 
 def _histogram_buckets(latency: Any) -> tuple[list[tuple[str, float]], float] | None:
@@ -284,7 +272,7 @@ def _read(
             family.add_metric(labels, number)
     readings = {
         "pending": value("pending"),
-        "queue_depth": _queue_depth(client, stats),
+        "queue_depth": value("queue_depth"),
         "queue_capacity": _number(
             getattr(getattr(client, "settings", None), "max_queue_size", None)
         ),

@@ -96,6 +96,7 @@ def test_burst_matches_client_stats(
         "failed": 2,
         "dropped": 3,
         "pending": 0,
+        "queue_depth": 0,
     }
     assert stats["retried"] > 0
     assert fluxrate_server.summary()["cust_dup"]["api_calls"] == 10
@@ -108,6 +109,21 @@ def test_burst_matches_client_stats(
     assert samples[("fluxrate_events_pending", "default")] == 0
     assert samples[("fluxrate_queue_depth", "default")] == 0
     assert samples[("fluxrate_queue_capacity", "default")] == client.settings.max_queue_size
+
+    # the latency histogram: one observation per event delivered or deduplicated
+    latency = client.stats.latency
+    assert latency.count == stats["delivered"] + stats["deduplicated"] == 220
+    running = 0
+    for bound, count in zip(latency.buckets, latency.counts, strict=True):
+        running += count
+        le = "+Inf" if math.isinf(bound) else repr(float(bound))
+        bucket = samples[(f"fluxrate_delivery_latency_seconds_bucket{{le={le}}}", "default")]
+        assert bucket == running, le
+    assert samples[("fluxrate_delivery_latency_seconds_count", "default")] == latency.count
+    assert samples[("fluxrate_delivery_latency_seconds_sum", "default")] == pytest.approx(
+        latency.sum
+    )
+    assert latency.sum > 0
 
 
 def test_queue_depth_and_pending_while_events_wait(

@@ -33,6 +33,7 @@ from fluxrate_web.core.dispatcher import (
     FinalCallback,
     Lane,
     LaneSettings,
+    LatencySnapshot,
     close_lane,
     exiting,
     flush_lane,
@@ -94,7 +95,9 @@ class ClientStats:
     ``deduplicated``: the API already had the idempotency key (so they were delivered before);
     ``retried``: attempts scheduled again after a retryable failure; ``failed``: events written to
     the failure log; ``dropped``: ``track()`` calls refused as invalid (nothing logged but a
-    warning); ``pending``: queued, in flight or waiting to retry right now.
+    warning); ``pending``: queued, in flight or waiting to retry right now; ``queue_depth``: the
+    part of ``pending`` still in the queue, waiting for a delivery worker. ``latency``: a
+    histogram of the seconds from enqueue to the final answer (see :attr:`latency`).
     """
 
     __slots__ = ("_client",)
@@ -141,6 +144,22 @@ class ClientStats:
         lane = self._client._lane
         return lane.pending if lane is not None and not lane.closed else 0
 
+    @property
+    def queue_depth(self) -> int:
+        """Events waiting in the queue for a delivery worker (not yet in flight nor retrying)."""
+        self._c  # noqa: B018  # (the fork check)
+        lane = self._client._lane
+        return len(lane.queue) if lane is not None and not lane.closed else 0
+
+    @property
+    def latency(self) -> LatencySnapshot:
+        """Delivery latency: seconds from the moment an event was queued to the API's final
+        answer, retries and backoff included, for every event delivered or deduplicated
+        (failed events are in ``failed``, not here). ``.buckets`` (ascending upper bounds,
+        the last ``inf``), ``.counts`` (per bucket, not cumulative), ``.sum``, ``.count`` and
+        ``.quantile(q)``. Events read back from a disk spool count from that moment."""
+        return self._c.latency.snapshot()
+
     # pre-aggregation (0 / 1.0 without it)
 
     @property
@@ -181,6 +200,7 @@ class ClientStats:
             "failed": self.failed,
             "dropped": self.dropped,
             "pending": self.pending,
+            "queue_depth": self.queue_depth,
         }
         agg = self._client._aggregator
         if agg is not None:
@@ -250,6 +270,10 @@ class FluxrateClient:
     pre-aggregates those meters: ``track()`` folds their usages per meter, customer, metadata
     and window (usages with an ``idempotency_key`` are sent singly), the worker sends closed
     windows about once a second, ``flush()``/``close()``/interpreter exit send the open ones.
+
+    ``stats_log_interval`` (seconds; ``None`` or 0: off) makes the background worker log one
+    INFO line of ``stats`` on the ``fluxrate_web`` logger that often, from the first event (or
+    ``start()``) until ``close()``.
     """
 
     def __init__(
@@ -278,6 +302,7 @@ class FluxrateClient:
         redis_url: str | None = None,
         redis_stream: str | None = None,
         on_final: FinalCallback | None = None,
+        stats_log_interval: float | None = None,
     ) -> None:
         if api_key is not None and not isinstance(api_key, str):
             raise ConfigError("api_key: expected a string")
@@ -341,6 +366,17 @@ class FluxrateClient:
         if spool_high_water < 1:
             raise ConfigError(f"spool_high_water: must be >= 1, got {spool_high_water!r}")
         self.spool_high_water = min(spool_high_water, max_queue_size)
+        if stats_log_interval is None:
+            stats_log_interval = 0.0
+        if isinstance(stats_log_interval, bool) or not isinstance(stats_log_interval, int | float):
+            raise ConfigError(
+                f"stats_log_interval: expected a number of seconds, got {stats_log_interval!r}"
+            )
+        if not 0 <= stats_log_interval < float("inf"):
+            raise ConfigError(
+                f"stats_log_interval: must be >= 0 (0: off), got {stats_log_interval!r}"
+            )
+        self.stats_log_interval = float(stats_log_interval)
         self._strict = durability == "strict"
         self._sink_factory = self._redis_sink_factory(transport, redis_url, redis_stream)
         self._on_final = on_final
@@ -658,6 +694,7 @@ class FluxrateClient:
                 high_water=self.spool_high_water if self._spool is not None else 0,
                 sink_factory=self._sink_factory,
                 on_final=self._on_final,
+                stats_log_interval=self.stats_log_interval,
             )
             self._lane = lane
             # a client dropped without close(): its lane drains in the background, then closes

@@ -146,6 +146,7 @@ class Config:
     failed_events_path: str | None = None
     durability: str = "memory"
     spool_path: str | None = None
+    stats_log_interval: float | None = None  # seconds; None: no periodic stats line
     # scale-out through Redis Streams (docs/scale-out.md)
     transport: str = "direct"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -161,8 +162,10 @@ class Config:
         ``aggregation`` ({meter token: AggregationSpec}) is included only when a meter of
         ``meters:`` declares pre-aggregation; ``durability`` and ``spool_path`` only when
         ``durability`` is not ``memory``; ``transport``, ``redis_url`` and ``redis_stream`` only
-        when ``transport`` is not ``direct``."""
+        when ``transport`` is not ``direct``; ``stats_log_interval`` only when it is on."""
         kwargs = self._delivery_kwargs()
+        if self.stats_log_interval:
+            kwargs["stats_log_interval"] = self.stats_log_interval
         if self.durability != "memory":
             kwargs["durability"] = self.durability
             kwargs["spool_path"] = self.spool_path
@@ -291,6 +294,7 @@ _TOP_KEYS = (
     "failed_events_path",
     "durability",
     "spool_path",
+    "stats_log_interval",
     "transport",
     "redis_url",
     "redis_stream",
@@ -766,6 +770,9 @@ def _build(data: Mapping[str, Any], where: Callable[[Path], str], source: str) -
     ):
         if (entry := get(key)) is not None:
             kwargs[key] = _seconds(entry[1], entry[0], allow_zero=zero)
+    if (entry := get("stats_log_interval")) is not None and entry[1] is not None:
+        # 0 (or null) is "off", the default
+        kwargs["stats_log_interval"] = _seconds(entry[1], entry[0], allow_zero=True) or None
     if (entry := get("durability")) is not None and entry[1] is not None:
         text = _str(entry[1], entry[0]).strip().lower()
         if text not in DURABILITY_MODES:

@@ -28,9 +28,11 @@ import asyncio
 import atexit
 import json
 import logging
+import math
 import os
 import random
 import threading
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future as ConcurrentFuture
@@ -58,12 +60,21 @@ from fluxrate_web.core.transport import (
     error_for,
 )
 
-__all__ = ["Lane", "LaneSettings", "Runtime", "get_runtime"]
+__all__ = [
+    "LATENCY_BUCKETS",
+    "Lane",
+    "LaneSettings",
+    "LatencyHistogram",
+    "LatencySnapshot",
+    "Runtime",
+    "get_runtime",
+]
 
 T = TypeVar("T")
 
 _LOAD_BATCH = 256  # backlog rows read from the spool at once
 _ADOPT_EVERY = 30.0  # seconds between scans for dead processes' spools
+_MARK_EVERY = 0.02  # seconds between queue-length marks while every worker is busy (latency)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +108,83 @@ class LaneSettings:
             raise ConfigError(f"max_in_flight: at most 1024, got {self.max_in_flight}")
 
 
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    math.inf,
+)  # fmt: skip
+"""Upper bounds (seconds) of the delivery latency histogram. Loopback answers land in the
+first buckets, a real API in the 25-500 ms ones; a retry adds at least ``backoff_base`` (0.5 s),
+and the retry budget (``max_retry_age``, 300 s by default) bounds the rest."""
+
+
+@dataclass(frozen=True, slots=True)
+class LatencySnapshot:
+    """The delivery latency histogram at one moment (``client.stats.latency``).
+
+    ``buckets``: ascending upper bounds in seconds, the last one ``inf``; ``counts``: events per
+    bucket (not cumulative: ``counts[i]`` events took more than ``buckets[i-1]`` and at most
+    ``buckets[i]`` seconds); ``sum``: their total seconds; ``count``: ``sum(counts)``."""
+
+    buckets: tuple[float, ...]
+    counts: tuple[int, ...]
+    sum: float
+    count: int
+
+    def quantile(self, q: float) -> float | None:
+        """An estimate of the ``q`` quantile (0..1) in seconds, interpolated linearly within its
+        bucket as Prometheus' ``histogram_quantile`` does (the last finite bound when it falls in
+        the ``inf`` bucket); ``None`` without events."""
+        return _quantile(self.buckets, self.counts, q)
+
+    def minus(self, earlier: LatencySnapshot) -> LatencySnapshot:
+        """The events recorded since ``earlier`` (a snapshot of the same histogram)."""
+        counts = tuple(max(0, a - b) for a, b in zip(self.counts, earlier.counts, strict=True))
+        return LatencySnapshot(self.buckets, counts, max(0.0, self.sum - earlier.sum), sum(counts))
+
+
+def _quantile(bounds: tuple[float, ...], counts: tuple[int, ...], q: float) -> float | None:
+    total = sum(counts)
+    if total <= 0:
+        return None
+    rank = min(max(q, 0.0), 1.0) * total
+    seen = 0
+    for i, count in enumerate(counts):
+        if count and seen + count >= rank:
+            upper = bounds[i]
+            lower = bounds[i - 1] if i > 0 else 0.0
+            if math.isinf(upper):
+                return lower
+            return lower + (upper - lower) * ((rank - seen) / count)
+        seen += count
+    return bounds[-2] if len(bounds) > 1 else None  # pragma: no cover - rounding
+
+
+class LatencyHistogram:
+    """Seconds from enqueue to the final answer (delivered or deduplicated), per event.
+
+    Written only on the dispatcher thread (``observe``); :meth:`snapshot` may run on any thread
+    while it writes: the copy may miss an event being recorded (``sum`` one event ahead of the
+    counts) but never raises."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        if seconds < 0.0:  # a clock step between the two reads: count it, as instant
+            seconds = 0.0
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+    def snapshot(self) -> LatencySnapshot:
+        total = self.sum
+        counts = tuple(self.counts)  # one C-level copy: no torn list
+        return LatencySnapshot(self.bounds, counts, total, sum(counts))
+
+
 class Counters:
     """The numbers behind ``client.stats``. Written on the loop thread, except ``dropped`` and
     the ``failed`` of queue_full/client_closed, which take the lock."""
@@ -108,6 +196,7 @@ class Counters:
         "delivered",
         "dropped",
         "failed",
+        "latency",
         "retried",
         "spooled",
         "taken",
@@ -115,6 +204,7 @@ class Counters:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self.latency = LatencyHistogram()
         self.taken = 0  # events the workers took off the queue
         self.delivered = 0
         self.deduplicated = 0
@@ -129,7 +219,8 @@ class Counters:
             setattr(self, name, getattr(self, name) + n)
 
 
-_Item = tuple[UsageEvent, "_Retry | None", int]  # event, its retry state, spool row (0: none)
+# event, its retry state, spool row (0: none), loop time it was queued (for the latency)
+_Item = tuple[UsageEvent, "_Retry | None", int, float]
 
 
 class DeliverySink(Protocol):
@@ -150,13 +241,14 @@ FinalCallback = Callable[[UsageEvent, "str | None", "int | None", "str | None"],
 class _Retry:
     """An event between attempts."""
 
-    __slots__ = ("attempts", "error", "event", "first", "handle", "row", "status")
+    __slots__ = ("attempts", "error", "event", "first", "handle", "queued", "row", "status")
 
-    def __init__(self, event: UsageEvent, first: float, row: int = 0) -> None:
+    def __init__(self, event: UsageEvent, first: float, row: int = 0, queued: float = 0.0) -> None:
         self.event = event
         self.row = row  # > 0: a spool backlog row (leased), 0: an event from memory
         self.attempts = 0
         self.first = first
+        self.queued = queued  # loop time it was queued: the latency counts the retries too
         self.status: int | None = None
         self.error: str | None = None
         self.handle: asyncio.TimerHandle | None = None
@@ -186,6 +278,7 @@ class Lane:
         high_water: int = 0,
         sink_factory: Callable[[], DeliverySink] | None = None,
         on_final: FinalCallback | None = None,
+        stats_log_interval: float = 0.0,
     ) -> None:
         self.runtime = runtime
         self.loop = runtime.loop
@@ -245,6 +338,16 @@ class Lane:
         self._probe_handle: asyncio.TimerHandle | None = None
         self._adopt_at = 0.0
         self._spool_ready = False  # the loop opened the spool and adopted what was left
+        # latency without a clock read in submit(): (events ever queued, loop time) marks taken
+        # when a worker takes an event, and every _MARK_EVERY seconds while no worker sleeps
+        # (then submit() wakes nobody, and a take may be a long request away). The queue is
+        # FIFO, so the n-th event queued was queued before the first mark counting >= n events:
+        # a latency misses at most the time from its arrival to the next mark.
+        self._marks: deque[tuple[int, float]] = deque()
+        self._mark_handle: asyncio.TimerHandle | None = None
+        self.stats_log_interval = stats_log_interval
+        self._stats_handle: asyncio.TimerHandle | None = None
+        self._stats_logged: LatencySnapshot | None = None
 
     # ------------------------------------------------------------ any thread
 
@@ -303,6 +406,9 @@ class Lane:
             )
         if (self.aggregator is not None or self.spool is not None) and self._tick_handle is None:
             self._tick_handle = self.loop.call_later(self.tick_interval, self._tick)
+        if self.stats_log_interval > 0 and self._stats_handle is None:
+            self._stats_logged = self.counters.latency.snapshot()
+            self._stats_handle = self.loop.call_later(self.stats_log_interval, self._log_stats)
 
     def _start_spool(self) -> None:
         """Loop thread: open our spool, adopt dead processes' files, count the backlog."""
@@ -330,6 +436,40 @@ class Lane:
             logger.exception("fluxrate: periodic delivery task failed")
         if not self._stopping and not self.closed:
             self._tick_handle = self.loop.call_later(self.tick_interval, self._tick)
+
+    def _log_stats(self) -> None:
+        """Loop thread, every ``stats_log_interval`` seconds: one INFO line of delivery stats."""
+        self._stats_handle = None
+        if self._stopping or self.closed:
+            return
+        try:
+            logger.info("%s", self.stats_line())
+        except Exception:  # pragma: no cover - a bug; the next interval tries again
+            logger.exception("fluxrate: could not log the delivery stats")
+        if not self._stopping and not self.closed:
+            self._stats_handle = self.loop.call_later(self.stats_log_interval, self._log_stats)
+
+    def stats_line(self) -> str:
+        """The periodic summary: counters since the start, latency of the last interval."""
+        c = self.counters
+        depth = len(self.queue)
+        latency = c.latency.snapshot()
+        recent = latency.minus(self._stats_logged) if self._stats_logged is not None else latency
+        self._stats_logged = latency
+        p50, p99 = recent.quantile(0.5), recent.quantile(0.99)
+        line = (
+            f"fluxrate delivery: enqueued={c.taken + depth} delivered={c.delivered} "
+            f"deduplicated={c.deduplicated} retried={c.retried} failed={c.failed} "
+            f"dropped={c.dropped} pending={self.pending} queue_depth={depth}"
+        )
+        if self.spool is not None:
+            line += f" spooled={c.spooled} spool_backlog={max(0, self.on_disk)}"
+        # ASCII "~": a log handler on a non-UTF-8 stream must not choke on the line
+        if p50 is None or p99 is None:
+            line += " p50~- p99~-"
+        else:
+            line += f" p50~{p50:.3f}s p99~{p99:.3f}s"
+        return f"{line} (latency of the {recent.count} event(s) answered in the last interval)"
 
     def on_tick(self) -> None:
         if self.aggregator is not None:
@@ -391,7 +531,7 @@ class Lane:
         except IndexError:
             return None
         self.counters.taken += 1
-        return event, None, 0
+        return event, None, 0, self._queued_at(self.counters.taken)
 
     def _spill_excess(self) -> None:
         self._spill_pending = False
@@ -420,7 +560,8 @@ class Lane:
         if not self._buffer:
             return None
         row, event = self._buffer.popleft()
-        return event, None, row
+        # the time on disk is not known (nor counted): from here, as if queued now
+        return event, None, row, self.loop.time()
 
     def _load(self) -> None:
         assert self.spool is not None
@@ -681,7 +822,7 @@ class Lane:
     def _next(self) -> _Item | None:
         if self._ready:
             retry = self._ready.popleft()
-            return retry.event, retry, retry.row
+            return retry.event, retry, retry.row, retry.queued
         if self.spool is not None:
             return self._next_durable()
         try:
@@ -689,7 +830,31 @@ class Lane:
         except IndexError:
             return None
         self.counters.taken += 1
-        return event, None, 0
+        return event, None, 0, self._queued_at(self.counters.taken)
+
+    def _mark(self) -> None:
+        """Timer, while every worker is busy: note how many events were queued by now."""
+        self._mark_handle = None
+        if self._stopping or self.closed:
+            return
+        marks = self._marks
+        queued = self.counters.taken + len(self.queue)
+        if not marks or marks[-1][0] < queued:
+            marks.append((queued, self.loop.time()))
+        if not self._idle and self._workers:
+            self._mark_handle = self.loop.call_later(_MARK_EVERY, self._mark)
+
+    def _queued_at(self, n: int) -> float:
+        """Loop time by which the ``n``-th event ever queued was in the queue (see ``_marks``).
+        Every pop of the queue counts in ``counters.taken``, so ``taken + len(queue)`` is the
+        number of events queued so far."""
+        marks = self._marks
+        queued = self.counters.taken + len(self.queue)
+        if not marks or marks[-1][0] < queued:
+            marks.append((queued, self.loop.time()))
+        while marks[0][0] < n:  # the last mark counts >= n: never empties
+            marks.popleft()
+        return marks[0][1]
 
     async def _worker(self, wid: int) -> None:
         loop = self.loop
@@ -710,11 +875,15 @@ class Lane:
                 continue
             if self._idle and (self.queue or self._ready):
                 self._kick()  # fan out a burst to the other sleeping workers
+            elif not self._idle and self._mark_handle is None:
+                self._mark_handle = loop.call_later(_MARK_EVERY, self._mark)
             current[wid] = item
             await self._deliver(*item)
             del current[wid]
 
-    async def _deliver(self, event: UsageEvent, retry: _Retry | None, row: int = 0) -> None:
+    async def _deliver(
+        self, event: UsageEvent, retry: _Retry | None, row: int = 0, queued: float = 0.0
+    ) -> None:
         try:
             sink = self._sink
             data = b""
@@ -746,6 +915,7 @@ class Lane:
             except TransportError as exc:
                 outcome = classify_exception(exc, secrets=self.wire.secrets)
             if outcome.kind == DELIVERED:
+                self.counters.latency.observe(loop.time() - queued)
                 self.counters.delivered += 1
                 if self.on_final is not None:
                     self.on_final(event, None, outcome.status, None)
@@ -753,6 +923,7 @@ class Lane:
                     self._settle(event, row)
                     self._healthy()
             elif outcome.kind == DEDUPLICATED:
+                self.counters.latency.observe(loop.time() - queued)
                 self.counters.deduplicated += 1
                 if self.on_final is not None:
                     self.on_final(event, None, outcome.status, None)
@@ -760,7 +931,7 @@ class Lane:
                     self._settle(event, row)
                     self._healthy()
             elif outcome.kind == RETRY:
-                self._retry_later(event, retry, outcome, row)
+                self._retry_later(event, retry, outcome, row, queued)
             else:
                 assert outcome.kind == PERMANENT
                 warn_limited(
@@ -797,7 +968,12 @@ class Lane:
                 self._probe_done()
 
     def _retry_later(
-        self, event: UsageEvent, retry: _Retry | None, outcome: Outcome, row: int = 0
+        self,
+        event: UsageEvent,
+        retry: _Retry | None,
+        outcome: Outcome,
+        row: int = 0,
+        queued: float = 0.0,
     ) -> None:
         loop = self.loop
         now = loop.time()
@@ -810,7 +986,7 @@ class Lane:
                 self._park(event, row, "outage")
                 return
         if retry is None:
-            retry = _Retry(event, now, row)
+            retry = _Retry(event, now, row, queued)
             retry.attempts = 1
         retry.status = outcome.status
         retry.error = outcome.error
@@ -968,6 +1144,12 @@ class Lane:
         if self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None
+        if self._stats_handle is not None:
+            self._stats_handle.cancel()
+            self._stats_handle = None
+        if self._mark_handle is not None:
+            self._mark_handle.cancel()
+            self._mark_handle = None
         for task in self._workers:
             task.cancel()
         if self._workers:
@@ -978,7 +1160,7 @@ class Lane:
             self._probe_handle = None
         durable = self.spool is not None and not self.spool.broken
         left = self.pending
-        for event, retry, row in list(self._current.values()):
+        for event, retry, row, _queued in list(self._current.values()):
             if durable:
                 self._park(event, row, reason)
             else:
