@@ -35,8 +35,10 @@ lint: $(VENV)/.stamp-dev
 typecheck: $(VENV)/.stamp-dev
 	$(BIN)/mypy
 
+# two workers (the machine's two cores); tests/conftest.py keeps each module on one worker and
+# deals the chaos scenarios out one by one
 pytest: $(VENV)/.stamp-dev redis
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadgroup
 
 # tests/redis runs a real redis-server (Debian's package); installed where missing (CI: root)
 redis:

@@ -45,3 +45,23 @@ def fluxrate_server(devserver: DevServer) -> Iterator[DevServer]:
     devserver.reset()
     yield devserver
     devserver.clear_faults()
+
+
+# ``make test`` runs the suite on two xdist workers with ``--dist loadgroup``. A module stays on
+# one worker (its module-scoped servers, apps and wheels are built once), except the chaos
+# scenarios: each takes seconds of wall-clock time, mostly waiting, so they are dealt out
+# one by one to balance the two workers.
+_SPREAD_ONE_BY_ONE = ("tests/e2e/test_chaos.py",)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the node ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not getattr(config.option, "loadgroup", False):  # set on xdist workers
+        return
+    root = config.rootpath
+    for item in items:
+        module = item.path.relative_to(root).as_posix() if item.path.is_relative_to(root) else ""
+        if module in _SPREAD_ONE_BY_ONE:
+            continue
+        if not any(mark.name == "xdist_group" for mark in item.iter_markers()):
+            item.add_marker(pytest.mark.xdist_group(module or str(item.path)))
