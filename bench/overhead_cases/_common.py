@@ -11,9 +11,13 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
@@ -53,6 +57,73 @@ def capturing_client() -> tuple[Any, list[Any]]:
         api_key="org_live_bench", base_url="http://127.0.0.1:9", allow_insecure=True
     )
     return client, captured
+
+
+def track_in_view() -> tuple[Callable[[], object], list[Any]]:
+    """For the ``bare_track`` cases: a function a bare app's view calls once per request, doing
+    what an app that meters by hand pays (one ``FluxrateClient.track()`` of the measured meter,
+    the customer read by the view itself), and the list its events are captured in."""
+    client, captured = capturing_client()
+    track = client.track
+
+    def call() -> object:
+        return track(METER_TOKEN, "customer-42")
+
+    return call, captured
+
+
+_OPEN: list[tuple[Any, str]] = []
+
+
+def delivering_client(durability: str = "memory") -> Any:
+    """A real ``FluxrateClient`` delivering every event to the harness's sink from its
+    background thread, in ``durability`` mode (``strict``: each event is written to a spool in
+    a fresh temporary directory before ``track()`` returns). Closed, and its directory removed,
+    by :func:`teardown`."""
+    from fluxrate_web.core.client import FluxrateClient
+
+    directory = tempfile.mkdtemp(prefix=f"fluxrate-bench-{durability}-")
+    kwargs: dict[str, Any] = {}
+    if durability != "memory":
+        kwargs = {"durability": durability, "spool_path": os.path.join(directory, "spool")}
+    client = FluxrateClient(
+        api_key="org_live_bench",
+        base_url=sink_url(),
+        allow_insecure=True,
+        # what the sink cannot take before exit goes here, not to the terminal
+        failed_events_path=os.path.join(directory, "failed.jsonl"),
+        **kwargs,
+    )
+    client.start()  # strict: opens the spool now, not in the first timed request
+    _OPEN.append((client, directory))
+    return client
+
+
+def checked_delivery(one: Callable[[], Any], client: Any) -> Callable[[], Any]:
+    """``one`` (a metered request, sync or async), checking every 10,000 requests that the
+    client refused nothing."""
+    count = [0]
+
+    def check() -> None:
+        count[0] += 1
+        if count[0] % 10_000 == 0:
+            stats = client.stats
+            if stats.dropped or stats.failed:
+                raise AssertionError(f"events dropped: {stats.as_dict()}")
+
+    if inspect.iscoroutinefunction(one):
+
+        async def acall() -> None:
+            await one()
+            check()
+
+        return acall
+
+    def call() -> None:
+        one()
+        check()
+
+    return call
 
 
 class Captured(Protocol):
@@ -130,7 +201,14 @@ def moesif_settings(logger: str, **extra: Any) -> dict[str, Any]:
 
 
 def teardown() -> None:
-    """Close Sentry's client (it flushes), if a case started one."""
+    """Close the delivering clients (and remove their spools), and Sentry's client (it
+    flushes), if a case started them."""
+    while _OPEN:
+        client, directory = _OPEN.pop()
+        try:
+            client.close(2)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
     try:
         import sentry_sdk
 

@@ -27,11 +27,14 @@ from overhead_cases._common import (
     PATH,
     available_peers,
     bounded,
+    checked_delivery,
+    delivering_client,
     fluxrate_settings,
     init_sentry,
     moesif_settings,
     quick_loop,
     teardown,
+    track_in_view,
 )
 
 __all__ = ["NOTES", "SKIPPED", "cases", "teardown"]
@@ -61,13 +64,31 @@ NOTES = {
         "validation, kept by fluxrate_web.testing.CapturingClient (delivery runs off the request "
         "path and is measured by bench/transports.py)"
     ),
+    "floor_middleware": (
+        "the floor: a do-nothing middleware of our shape (last; __call__ reading the response "
+        "status, a process_view returning None, a process_exception; no metering)"
+    ),
+    "floor_call_only": "floor_middleware without process_view (__call__ only)",
+    "bare_track": (
+        "the bare project whose view calls FluxrateClient.track() once (events captured), as "
+        "an app metering by hand would"
+    ),
+    "fluxrate_delivering": (
+        "fluxrate with a real FluxrateClient delivering every event to the local sink from its "
+        "background thread (its CPU counts: it shares the process)"
+    ),
+    "fluxrate_strict": (
+        "fluxrate_delivering with durability: strict (each event written to a SQLite spool in "
+        "a temporary directory before the response is returned)"
+    ),
 }
 
 
 # --------------------------------------------------------------------------- the project
 
 
-def urlpatterns() -> list[Any]:
+def urlpatterns(in_view: Callable[[], object] | None = None) -> list[Any]:
+    """The routes; ``in_view`` (if given) is called by the measured view on every request."""
     from django.http import HttpRequest, JsonResponse
     from django.urls import include, path
 
@@ -78,6 +99,8 @@ def urlpatterns() -> list[Any]:
         return JsonResponse({"items": []})
 
     def get_item(request: HttpRequest, item_id: int) -> JsonResponse:
+        if in_view is not None:
+            in_view()
         return JsonResponse({"id": item_id, "name": "widget"})
 
     def me(request: HttpRequest) -> JsonResponse:
@@ -94,11 +117,16 @@ def urlpatterns() -> list[Any]:
 class _URLConf:
     """ROOT_URLCONF given as a module-like object."""
 
-    def __init__(self) -> None:
-        self.urlpatterns = urlpatterns()
+    def __init__(self, in_view: Callable[[], object] | None = None) -> None:
+        self.urlpatterns = urlpatterns(in_view)
 
 
-def setup(middleware: list[str] | None = None, apps: list[str] | None = None, **extra: Any) -> None:
+def setup(
+    middleware: list[str] | None = None,
+    apps: list[str] | None = None,
+    in_view: Callable[[], object] | None = None,
+    **extra: Any,
+) -> None:
     """Configure Django for this process."""
     import django
     from django.conf import settings
@@ -109,7 +137,7 @@ def setup(middleware: list[str] | None = None, apps: list[str] | None = None, **
         ALLOWED_HOSTS=["api.example.com", "127.0.0.1"],
         INSTALLED_APPS=[*DEFAULT_APPS, *(apps or [])],
         MIDDLEWARE=middleware if middleware is not None else DEFAULT_MIDDLEWARE,
-        ROOT_URLCONF=_URLConf(),
+        ROOT_URLCONF=_URLConf(in_view),
         DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
         USE_TZ=True,
         LOGGING_CONFIG=None,
@@ -145,6 +173,70 @@ def fluxrate() -> Callable[[], None]:
     client = CapturingClient()
     _runtime.install(Metering.from_config(overrides=fluxrate_settings(), client=client))
     return bounded(wsgi_request(WSGIHandler(), PATH), client.events)
+
+
+def delivering(durability: str) -> Callable[[], None]:
+    """Metered, with a client that really delivers, in ``durability`` mode."""
+    from fluxrate_web.core.metering import Metering
+
+    setup([*DEFAULT_MIDDLEWARE, "fluxrate_web.django.FluxrateMiddleware"])
+    from django.core.handlers.wsgi import WSGIHandler
+
+    from fluxrate_web.django import _runtime
+
+    client = delivering_client(durability)
+    _runtime.install(Metering.from_config(overrides=fluxrate_settings(), client=client))
+    return checked_delivery(wsgi_request(WSGIHandler(), PATH), client)
+
+
+def fluxrate_delivering() -> Callable[[], None]:
+    return delivering("memory")
+
+
+def fluxrate_strict() -> Callable[[], None]:
+    return delivering("strict")
+
+
+def bare_track() -> Callable[[], None]:
+    call, captured = track_in_view()
+    setup(in_view=call)
+    from django.core.handlers.wsgi import WSGIHandler
+
+    return bounded(wsgi_request(WSGIHandler(), PATH), captured)
+
+
+# --------------------------------------------------------------------------- the floor
+
+
+class FloorCallOnly:
+    """The cheapest middleware doing nothing: ``__call__`` reading the response status."""
+
+    sync_capable = True
+    async_capable = False
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        response = self.get_response(request)
+        response.status_code  # noqa: B018
+        return response
+
+
+class FloorMiddleware(FloorCallOnly):
+    """The cheapest middleware of the shape metering needs, doing nothing: also a
+    ``process_view`` (where the route's plan is looked up and reject mode answers) and a
+    ``process_exception`` (called only when a view raises)."""
+
+    def process_view(self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any) -> Any:
+        return None
+
+    def process_exception(self, request: Any, exception: Exception) -> None:
+        return None
+
+
+def floor(name: str) -> Callable[[], None]:
+    return wsgi_request(configure([*DEFAULT_MIDDLEWARE, f"{__name__}.{name}"]), PATH)
 
 
 # --------------------------------------------------------------------------- peers
@@ -203,7 +295,12 @@ NOTES.update({name: PEERS[name][1] for name in present})
 def cases() -> dict[str, Callable[[], Any]]:
     return {
         "bare": lazy(bare),
+        "floor_middleware": lazy(lambda: floor("FloorMiddleware")),
+        "floor_call_only": lazy(lambda: floor("FloorCallOnly")),
+        "bare_track": lazy(bare_track),
         "fluxrate": lazy(fluxrate),
+        "fluxrate_delivering": lazy(fluxrate_delivering),
+        "fluxrate_strict": lazy(fluxrate_strict),
         **{name: lazy(BUILDERS[name]) for name in present},
     }
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from overhead_cases import asgi_request, lazy
 from overhead_cases import starlette as shared
+from overhead_cases._common import teardown
+
+__all__ = ["NOTES", "SKIPPED", "cases", "teardown"]
 
 PATH = "/v1/items/42"
 
@@ -19,7 +21,8 @@ NOTES = dict(shared.NOTES)
 SKIPPED = dict(shared.SKIPPED)
 
 
-def make_app() -> Any:
+def make_app(in_view: Callable[[], object] | None = None) -> Any:
+    """The app; ``in_view`` (if given) is called by the measured view on every request."""
     from fastapi import APIRouter, FastAPI
 
     router = APIRouter(prefix="/v1")
@@ -34,6 +37,8 @@ def make_app() -> Any:
 
     @router.get("/items/{item_id}")
     async def get_item(item_id: int) -> dict[str, Any]:
+        if in_view is not None:
+            in_view()
         return {"id": item_id, "name": "widget"}
 
     @router.get("/me")
@@ -51,8 +56,4 @@ def make_app() -> Any:
 
 
 def cases() -> dict[str, Callable[[], Any]]:
-    return {
-        "bare": lazy(lambda: asgi_request(make_app(), PATH)),
-        "fluxrate": lazy(lambda: shared.fluxrate_case(make_app)),
-        **shared.peer_cases(make_app, PATH),
-    }
+    return {**shared.own_cases(make_app), **shared.peer_cases(make_app, PATH)}
