@@ -48,7 +48,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fluxrate_web.core._log import log_limited
 from fluxrate_web.core.config import Config
-from fluxrate_web.core.metering import Metering, RoutePlan
+from fluxrate_web.core.metering import _ASK, Metering, RoutePlan
 from fluxrate_web.core.rules import RequestRules
 
 __all__ = ["REJECT_DETAIL", "FluxrateMiddleware", "ScopeRequestView", "current_exchange"]
@@ -347,6 +347,8 @@ class FluxrateMiddleware:
             raise TypeError("FluxrateMiddleware: give metering= or config/client/rules, not both")
         self.metering = metering
         self.reject_mode = _reject_mode(metering)
+        header = getattr(metering, "idempotency_header", None)
+        self.idempotency_key: bytes | None = _header_key(header) if header else None
         self._root: object = None
         self._index: _RouteIndex | None = None
         self._index_misses: set[object] = set()
@@ -777,6 +779,22 @@ class _Exchange(ScopeRequestView):
             use_async = plan.needs_async and may_await
             if not plan.needs_info and not self.token:
                 # constant quantities and no record(): bytes, headers and duration unused
+                wanted = plan.customer_header
+                if wanted is not None and plan.fast and status in plan.billable:
+                    # What core would ask the view for (the customer's header, then the
+                    # idempotency header), read in one pass over the header list.
+                    customer, request_key = self._read_keys(wanted, middleware.idempotency_key)
+                    metering.finish(
+                        plan,
+                        self,
+                        self.token,
+                        status=status,
+                        completed=completed,
+                        error=error,
+                        customer=customer,
+                        request_key=request_key,
+                    )
+                    return None
                 if use_async:
                     return metering.finish_async(
                         plan, self, self.token, status=status, completed=completed, error=error
@@ -814,6 +832,27 @@ class _Exchange(ScopeRequestView):
             _warn("finish", "fluxrate: request not metered: %s: %s", type(exc).__name__, exc)
             self._close_quietly()
         return None
+
+    def _read_keys(self, customer_header: str, key_header: bytes | None) -> tuple[str | None, Any]:
+        """``(customer, request_key)`` for ``Metering.finish`` from one pass over the header
+        list: the value of ``customer_header`` (``""``: absent) and of the idempotency header
+        (``None``: absent). As :meth:`header` reads them: the first of repeated names wins.
+        Malformed headers: ``(None, _ASK)``, so core asks :meth:`header` itself."""
+        wanted = _HEADER_KEYS.get(customer_header) or _header_key(customer_header)
+        customer: bytes | None = None
+        key: bytes | None = None
+        try:
+            for name, raw in self.scope["headers"]:
+                if name == wanted and customer is None:
+                    customer = raw
+                if name == key_header and key is None:
+                    key = raw
+            return (
+                "" if customer is None else customer.decode("latin-1"),
+                None if key is None else key.decode("latin-1"),
+            )
+        except Exception:
+            return None, _ASK
 
     def _close_quietly(self) -> None:
         """Close the request's record() scope after a failure, billing nothing."""

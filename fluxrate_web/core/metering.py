@@ -221,6 +221,7 @@ def derive_idempotency_key(request_key: str, meter_token: str, customer: str, in
 
 
 _FAILED = object()  # an async quantity source that raised (already counted)
+_ASK: Any = object()  # finish(request_key=...) not given: core reads the idempotency header
 
 
 class Metering:
@@ -249,6 +250,9 @@ class Metering:
         self.enabled = config.enabled
         header = config.idempotency_header
         self._idempotency_header = header.lower() if header else None
+        self.idempotency_header: str | None = self._idempotency_header
+        """The lower-cased name of the request header carrying the client's idempotency key
+        (``None``: keys are never derived from the request). See ``finish(request_key=)``."""
         self._cache: dict[tuple[Any, ...], RoutePlan] = {}
         self._record_specs: dict[str, MeterSpec | None] = {}
         self.errors = 0
@@ -424,6 +428,7 @@ class Metering:
         completed: bool = True,
         error: bool = False,
         customer: str | None = None,
+        request_key: str | None = _ASK,
     ) -> int:
         """Close the scope, decide, and enqueue the request's events. Returns how many were
         enqueued. Never raises: problems are logged (rate-limited) and counted.
@@ -433,6 +438,10 @@ class Metering:
         customer, ``""`` means "already resolved: nobody" (the events are dropped and counted).
         Async resolvers or quantity sources are skipped here (and counted): call
         :meth:`finish_async` when ``plan.needs_async``.
+
+        ``request_key`` is the value of the request's :attr:`idempotency_header` when the
+        adapter has already read it (``None`` or ``""``: the request has none); not given,
+        core asks ``view.header()`` for it.
         """
         try:
             # Close the scope (inlined: this runs on every request).
@@ -466,8 +475,10 @@ class Metering:
                     if not who:
                         self._missing(plan, len(meters))
                         return 0
-                    header = self._idempotency_header
-                    if header is None or not view.header(header):
+                    if request_key is _ASK:
+                        header = self._idempotency_header
+                        request_key = view.header(header) if header is not None else None
+                    if not request_key:
                         sent = 0
                         trusted = self._trusted
                         prepared = plan.prepared
@@ -498,6 +509,7 @@ class Metering:
                 error,
                 customer,
                 None,
+                request_key,
             )
         except Exception as exc:
             self._internal_error(exc)
@@ -517,6 +529,7 @@ class Metering:
         completed: bool = True,
         error: bool = False,
         customer: str | None = None,
+        request_key: str | None = _ASK,
     ) -> int:
         """:meth:`finish` for async code: awaits async resolvers and quantity sources."""
         try:
@@ -533,6 +546,7 @@ class Metering:
                     completed=completed,
                     error=error,
                     customer=customer,
+                    request_key=request_key,
                 )
             if not self._close(scope):
                 warn_limited(
@@ -579,6 +593,7 @@ class Metering:
                 error,
                 customer,
                 resolved,
+                request_key,
                 info,
             )
         except Exception as exc:
@@ -700,6 +715,7 @@ class Metering:
         error: bool,
         customer: str | None,
         resolved: dict[int, Any] | None,
+        request_key: str | None,
         info: ResponseInfo | None = None,
     ) -> int:
         plan_billable = plan.is_billable(status, completed, error)
@@ -719,9 +735,10 @@ class Metering:
                 completed,
                 error,
             )
-        request_key: str | None = None
-        if self._idempotency_header is not None:
-            request_key = view.header(self._idempotency_header) or None
+        if request_key is _ASK:
+            header = self._idempotency_header
+            request_key = view.header(header) if header is not None else None
+        request_key = request_key or None
         counts: dict[tuple[str, str], int] | None = {} if request_key is not None else None
         track = self.client.track
         sent = 0

@@ -338,6 +338,15 @@ class PlannedMeter:
         return f"PlannedMeter({self.name!r}, quantity={self.quantity.description})"
 
 
+def _single_header(resolver: CustomerResolver) -> str | None:
+    """The lower-cased header name when ``resolver`` is exactly one ``header:`` spec."""
+    specs = resolver.specs
+    if len(specs) != 1 or not isinstance(specs[0], str):
+        return None
+    kind, _, name = specs[0].partition(":")
+    return name.lower() if kind == "header" and name else None
+
+
 class RoutePlan:
     """What to do for one (route, method): built once per route and cached.
 
@@ -346,6 +355,12 @@ class RoutePlan:
     ``reject_missing_customer`` asks the adapter to answer 401 before the view runs when
     :meth:`customer` finds nobody. ``needs_async`` is true when an async callable resolver or
     quantity source is involved: call :meth:`customer_async` and ``Metering.finish_async``.
+
+    ``customer_header`` is the lower-cased name of the one request header that names the
+    customer of every meter of the plan (a lone ``header:`` resolver), else ``None``: an adapter
+    that reads it in the same pass as the idempotency header may hand both to
+    ``Metering.finish`` (``customer=value or ""``, ``request_key=``) instead of having core ask
+    the view for each.
     """
 
     __slots__ = (
@@ -353,6 +368,7 @@ class RoutePlan:
         "bill_on_exception",
         "billable",
         "customer",
+        "customer_header",
         "exempt",
         "fast",
         "meters",
@@ -402,6 +418,7 @@ class RoutePlan:
         )
         # the sync resolver, bound once: plan.customer(view) -> str | None
         self.customer: Callable[[RequestView], str | None] = resolver.resolve
+        self.customer_header = _single_header(resolver) if self.uniform else None
 
     async def customer_async(self, view: RequestView) -> str | None:
         """The customer, awaiting async resolvers."""
