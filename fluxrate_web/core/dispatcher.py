@@ -837,10 +837,7 @@ class Lane:
         self._mark_handle = None
         if self._stopping or self.closed:
             return
-        marks = self._marks
-        queued = self.counters.taken + len(self.queue)
-        if not marks or marks[-1][0] < queued:
-            marks.append((queued, self.loop.time()))
+        self._note_queued()
         if not self._idle and self._workers:
             self._mark_handle = self.loop.call_later(_MARK_EVERY, self._mark)
 
@@ -848,13 +845,18 @@ class Lane:
         """Loop time by which the ``n``-th event ever queued was in the queue (see ``_marks``).
         Every pop of the queue counts in ``counters.taken``, so ``taken + len(queue)`` is the
         number of events queued so far."""
+        marks = self._note_queued()
+        while marks[0][0] < n:  # the last mark counts >= n: never empties
+            marks.popleft()
+        return marks[0][1]
+
+    def _note_queued(self) -> deque[tuple[int, float]]:
+        """Add a mark (events queued so far, now) unless nothing was queued since the last."""
         marks = self._marks
         queued = self.counters.taken + len(self.queue)
         if not marks or marks[-1][0] < queued:
             marks.append((queued, self.loop.time()))
-        while marks[0][0] < n:  # the last mark counts >= n: never empties
-            marks.popleft()
-        return marks[0][1]
+        return marks
 
     async def _worker(self, wid: int) -> None:
         loop = self.loop
